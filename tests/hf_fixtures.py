@@ -1,0 +1,56 @@
+"""Tiny random Hugging Face models saved locally, shared by the parity tests.
+
+torch and transformers' PyTorch models are test-only oracles; the library never
+imports them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_LLAMA = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                  rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+LLAMA_VARIANTS = {
+    "plain": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    "llama3_rope": dict(rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
+    "tied_gqa": dict(num_key_value_heads=2, tie_word_embeddings=True,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+}
+
+
+def make_tiny_hf_llama(folder: Path, variant: str = "plain", seed: int = 0, **overrides):
+    """Saves a random ``LlamaForCausalLM`` in ``folder``; returns the torch model (fp32, eval)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    kwargs = {**TINY_LLAMA, **LLAMA_VARIANTS[variant], **overrides}
+    config = transformers.LlamaConfig(**kwargs)
+    model = transformers.LlamaForCausalLM(config).eval()
+    # Random init leaves norms at one; perturb them so parity checks cover the scales.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+def padded_batch(lengths, total, vocab, left: bool, seed: int = 0):
+    """Random tokens ``[B, total]`` and mask with rows of ``lengths`` real tokens."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, vocab, size=(len(lengths), total)).astype(np.int32)
+    mask = np.zeros((len(lengths), total), np.int32)
+    for row, n in enumerate(lengths):
+        if left:
+            mask[row, total - n:] = 1
+        else:
+            mask[row, :n] = 1
+    tokens = np.where(mask == 1, tokens, 0)
+    return tokens, mask
