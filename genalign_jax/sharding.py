@@ -136,6 +136,8 @@ def spec_for(path: str, shape: Sequence[int], mesh: Mesh,
             fixed.append(None)
         else:
             fixed.append(axes)
+    while fixed and fixed[-1] is None:  # P(None, None) and P() mean the same; keep the short form
+        fixed.pop()
     return P(*fixed)
 
 
