@@ -1,0 +1,1 @@
+"""ml-collections configs, one file per dataset; see configs/base.py for every field."""

@@ -1,0 +1,94 @@
+"""Orbax checkpoints of a training run: ``<run_dir>/checkpoint_epoch_N``.
+
+A checkpoint holds one pytree (``state``: trainable policy params, optimizer
+state, KL-controller and reward-normaliser state, RNG key, loop counters) and
+one JSON document (``meta``: the config, the epoch, the convergence tracker and
+anything else that is not an array).  Restoring needs a target pytree of the
+same structure (``abstract_state``), so arrays come back with the right
+shapes, dtypes and shardings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CHECKPOINT_PREFIX", "RunCheckpointer", "parse_checkpoint_path"]
+
+CHECKPOINT_PREFIX = "checkpoint_epoch"
+
+
+def parse_checkpoint_path(path: str | os.PathLike) -> tuple[Path, int]:
+    """Splits ``.../<run>/checkpoint_epoch_N`` into ``(run_dir, N)``, with clear errors."""
+    path = Path(path)
+    match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_(\d+)", path.name)
+    if match is None:
+        raise ValueError(f"checkpoint path {path} does not end in {CHECKPOINT_PREFIX}_<epoch>")
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path.parent, int(match.group(1))
+
+
+class RunCheckpointer:
+    """Saves and restores the run state every ``every_epochs`` epochs, keeping ``max_to_keep``."""
+
+    def __init__(self, run_dir: str | os.PathLike, max_to_keep: int = 3, every_epochs: int = 1):
+        if every_epochs < 1:
+            raise ValueError(f"checkpoint.every_epochs must be >= 1, got {every_epochs}")
+        self.run_dir = Path(run_dir).absolute()
+        self.every_epochs = every_epochs
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               step_prefix=CHECKPOINT_PREFIX)
+        self._manager = ocp.CheckpointManager(self.run_dir, options=options)
+
+    def latest_epoch(self) -> int | None:
+        """The newest saved epoch, or ``None``."""
+        return self._manager.latest_step()
+
+    def all_epochs(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def path(self, epoch: int) -> Path:
+        return self.run_dir / f"{CHECKPOINT_PREFIX}_{epoch}"
+
+    def should_save(self, epoch: int, last: bool = False) -> bool:
+        return last or epoch % self.every_epochs == 0
+
+    def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> Path:
+        """Writes ``state`` (arrays) and ``meta`` (JSON) as ``checkpoint_epoch_<epoch>``."""
+        if epoch in self._manager.all_steps():
+            log.warning("checkpoint for epoch %d exists; keeping the existing one", epoch)
+            return self.path(epoch)
+        self._manager.save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self._manager.wait_until_finished()
+        log.info("saved %s", self.path(epoch))
+        return self.path(epoch)
+
+    def restore(self, epoch: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """Restores epoch ``epoch`` onto the structure/shardings of ``abstract_state``."""
+        if epoch not in self._manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint for epoch {epoch} in {self.run_dir} "
+                                    f"(have {sorted(self._manager.all_steps())})")
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["meta"]
+
+    def restore_meta(self, epoch: int) -> dict[str, Any]:
+        """Only the JSON part (config, counters) of epoch ``epoch``."""
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))
+        return restored["meta"]
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
