@@ -1,0 +1,416 @@
+"""GenAlign reward: golden loss and class-distance terms, combined with running normalisation.
+
+Each epoch the loop hands :func:`compute_reward` the classifier's golden loss (cross-entropy on real
+data) and the class-distance metrics of the synthetic batch (see
+:mod:`genalign_jax.metrics.distances`). It returns a scalar reward for the epoch, a per-sample
+reward vector for PPO, the updated normaliser state and a flat dict of every term for TensorBoard.
+
+Signs and default weights (the original system leaves them to the config; ours are explicit)::
+
+    reward = golden_loss_weight · ĝ + inter_weight · ê + intra_weight · â
+
+* ``golden_loss_weight = -1.0``: the golden loss is a loss (lower is better), so it enters with a
+  negative sign. It is the term the whole method is about (a classifier trained on synthetic data
+  doing well on real data), hence the largest magnitude.
+* ``inter_weight = +0.25``: larger distance between classes means label-faithful, separable
+  samples.
+* ``intra_weight = +0.25``: larger distance inside a class means more *diverse* samples. PPO on a
+  generator tends to collapse onto a few high-reward texts; a positive intra weight penalises that
+  (exact duplicates have intra distance 0). A negative weight instead rewards compact classes
+  (Fisher-style separability) but accelerates mode collapse, so it is not the default.
+
+The distance terms are regularisers of the golden objective, hence 1/4 of its weight (after
+normalisation all terms are on the same z-score scale, so weights are relative importances).
+
+Per-sample credit (``RewardConfig.credit``):
+
+* ``broadcast``: one classifier per epoch; every sample gets the batch's golden term. Cheapest, but
+  the golden term is the same for all samples, so within a batch only the per-sample distance terms
+  (and PPO's KL penalty) tell good samples from bad ones; the golden signal only moves across epochs.
+* ``groups``: the rollout batch is split into ``num_groups`` groups, each trains its own classifier,
+  and a sample gets its group's golden term (a scalar golden loss, e.g. when too few samples were
+  kept to split, is broadcast with a warning). Gives within-batch contrast on the main objective at
+  ``num_groups``× the classifier cost, and each classifier sees only ``N/G`` samples, so the golden
+  losses are noisier and biased upwards. A few groups (2–8) is the usual compromise.
+
+In both modes the per-sample distance terms (``per_sample_inter``/``per_sample_intra``: each
+sample's mean distance to other classes / its own class) are added when
+``per_sample_distance=True``; otherwise the batch distance terms are broadcast too.
+
+Normalisation: each term keeps running statistics (Welford/Chan, float64 on the host). Statistics
+are updated with the current values *first*, then the values are standardised ``(x − mean) / std``
+(``std`` is taken as 1 until a term has 2 observations, so the first epoch's scalar terms are 0),
+then optionally clipped to ``[-clip, clip]``. The golden statistics see one value per epoch
+(broadcast) or one per group (groups); the per-sample statistics see every valid sample.
+The state is a pytree of NumPy arrays (checkpoint it with orbax) and round-trips through plain
+dicts (:meth:`RewardNormalizerState.to_dict` / :meth:`~RewardNormalizerState.from_dict`).
+
+Every input is checked on the host: NaN or inf raises ``ValueError`` naming the term.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+from flax import struct
+
+logger = logging.getLogger(__name__)
+
+GOLDEN = "golden_loss"
+INTER = "inter"
+INTRA = "intra"
+PS_INTER = "per_sample_inter"
+PS_INTRA = "per_sample_intra"
+TERM_NAMES: tuple[str, ...] = (GOLDEN, INTER, INTRA, PS_INTER, PS_INTRA)
+CREDIT_MODES: tuple[str, ...] = ("broadcast", "groups")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Weights, credit assignment and normalisation of the reward (see module docstring).
+
+    Attributes:
+      golden_loss_weight: weight of the golden loss; negative because lower loss is better.
+      inter_weight: weight of inter-class distance; positive rewards separated classes.
+      intra_weight: weight of intra-class distance; positive rewards diversity within a class.
+      credit: ``"broadcast"`` or ``"groups"`` per-sample golden credit.
+      num_groups: number of groups (classifiers) per batch when ``credit == "groups"`` (>= 2).
+      per_sample_distance: per-sample rewards use each sample's own distance terms (else the
+        batch distance terms are broadcast).
+      normalize: standardise every term with its running mean/std.
+      clip: clip each (normalised) term to ``[-clip, clip]``; ``None`` disables.
+      eps: added to the running std before dividing.
+    """
+
+    golden_loss_weight: float = -1.0
+    inter_weight: float = 0.25
+    intra_weight: float = 0.25
+    credit: Literal["broadcast", "groups"] = "broadcast"
+    num_groups: int = 1
+    per_sample_distance: bool = True
+    normalize: bool = True
+    clip: float | None = 5.0
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        for name in ("golden_loss_weight", "inter_weight", "intra_weight"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise ValueError(f"RewardConfig.{name} must be finite, got {getattr(self, name)}")
+        if self.credit not in CREDIT_MODES:
+            raise ValueError(f"RewardConfig.credit must be one of {CREDIT_MODES}, got {self.credit!r}")
+        if self.credit == "groups" and int(self.num_groups) < 2:
+            raise ValueError(f"credit='groups' needs num_groups >= 2, got {self.num_groups}")
+        if int(self.num_groups) < 1:
+            raise ValueError(f"RewardConfig.num_groups must be >= 1, got {self.num_groups}")
+        if self.clip is not None and not float(self.clip) > 0:
+            raise ValueError(f"RewardConfig.clip must be > 0 or None, got {self.clip}")
+        if not float(self.eps) > 0:
+            raise ValueError(f"RewardConfig.eps must be > 0, got {self.eps}")
+        if self.golden_loss_weight > 0:
+            logger.warning(
+                "golden_loss_weight=%s > 0 rewards a HIGHER golden loss; use a negative weight "
+                "unless that is intended", self.golden_loss_weight,
+            )
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> RewardConfig:
+        """Build from a dict / ``ml_collections.ConfigDict``; unknown keys raise ``ValueError``."""
+        cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"unknown RewardConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**cfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for logging hparams and configs)."""
+        return dataclasses.asdict(self)
+
+
+def _f64(x: Any) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+@struct.dataclass
+class RunningStats:
+    """Running count / mean / sum of squared deviations (Welford, merged per batch à la Chan).
+
+    Leaves are float64 NumPy scalars, so the statistics stay exact over long runs; the object is a
+    pytree and can be saved with orbax. ``variance`` is the population variance (``ddof=0``,
+    like ``np.var``).
+    """
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def zeros(cls) -> RunningStats:
+        """Empty statistics."""
+        return cls(count=_f64(0.0), mean=_f64(0.0), m2=_f64(0.0))
+
+    def update(self, values: Any) -> RunningStats:
+        """Return the statistics after observing every element of ``values`` (no-op if empty)."""
+        x = _f64(values).reshape(-1)
+        if x.size == 0:
+            return self
+        n_b, mean_b = float(x.size), float(x.mean())
+        m2_b = float(np.sum((x - mean_b) ** 2))
+        n_a, mean_a, m2_a = float(self.count), float(self.mean), float(self.m2)
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean = mean_a + delta * n_b / n
+        m2 = m2_a + m2_b + delta * delta * n_a * n_b / n
+        return RunningStats(count=_f64(n), mean=_f64(mean), m2=_f64(m2))
+
+    @property
+    def variance(self) -> float:
+        """Population variance of everything observed (0 before 2 observations)."""
+        return float(self.m2 / self.count) if float(self.count) >= 2 else 0.0
+
+    @property
+    def std(self) -> float:
+        """Standard deviation used for normalising: 1.0 until 2 observations exist."""
+        return math.sqrt(self.variance) if float(self.count) >= 2 else 1.0
+
+    def normalize(self, values: Any, eps: float = 1e-8) -> np.ndarray:
+        """Standardise ``values`` with the current mean and std: ``(x − mean) / (std + eps)``."""
+        return (_f64(values) - float(self.mean)) / (self.std + eps)
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """Plain dict of float64 arrays."""
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunningStats:
+        """Inverse of :meth:`to_dict` (accepts floats, NumPy or jax arrays)."""
+        return cls(count=_f64(d["count"]), mean=_f64(d["mean"]), m2=_f64(d["m2"]))
+
+
+@struct.dataclass
+class RewardNormalizerState:
+    """One :class:`RunningStats` per reward term (names as in :data:`TERM_NAMES`)."""
+
+    golden_loss: RunningStats
+    inter: RunningStats
+    intra: RunningStats
+    per_sample_inter: RunningStats
+    per_sample_intra: RunningStats
+
+    @classmethod
+    def init(cls) -> RewardNormalizerState:
+        """Fresh state with no observations."""
+        return cls(**{name: RunningStats.zeros() for name in TERM_NAMES})
+
+    def to_dict(self) -> dict[str, dict[str, np.ndarray]]:
+        """Nested plain dict, e.g. for ``ocp.args.StandardSave`` or JSON (after ``.tolist()``)."""
+        return {name: getattr(self, name).to_dict() for name in TERM_NAMES}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Mapping[str, Any]]) -> RewardNormalizerState:
+        """Restore from :meth:`to_dict` output (e.g. an orbax restore without a target)."""
+        missing = [name for name in TERM_NAMES if name not in d]
+        if missing:
+            raise ValueError(f"reward normaliser state is missing terms {missing}")
+        return cls(**{name: RunningStats.from_dict(d[name]) for name in TERM_NAMES})
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardTerms:
+    """Raw inputs of one reward computation (host values; anything array-like).
+
+    Attributes:
+      golden_loss: scalar (``broadcast``) or ``(num_groups,)`` per-group losses (``groups``).
+      inter, intra: batch class-distance scalars.
+      per_sample_inter, per_sample_intra: ``(N,)`` per-sample distance terms.
+      group_ids: ``(N,)`` group of each sample (``groups``); default :func:`group_assignments`.
+      per_sample_inter_valid, per_sample_intra_valid: ``(N,)`` bool; invalid entries (e.g. a
+        sample alone in its class) get a neutral 0 for that term and stay out of the statistics.
+      inter_valid, intra_valid: whether the batch scalar is defined (e.g. >= 2 classes present).
+      sample_mask: ``(N,)`` bool; masked (padding) samples get reward 0, are not checked for NaN
+        and are ignored by the statistics.
+    """
+
+    golden_loss: Any
+    inter: Any
+    intra: Any
+    per_sample_inter: Any
+    per_sample_intra: Any
+    group_ids: Any = None
+    per_sample_inter_valid: Any = None
+    per_sample_intra_valid: Any = None
+    inter_valid: bool = True
+    intra_valid: bool = True
+    sample_mask: Any = None
+
+    @classmethod
+    def from_metrics(
+        cls, golden_loss: Any, metrics: Any, group_ids: Any = None, sample_mask: Any = None
+    ) -> RewardTerms:
+        """Terms from a golden loss and a :class:`~genalign_jax.metrics.ClassDistanceMetrics`."""
+        return cls(
+            golden_loss=golden_loss,
+            inter=np.asarray(metrics.inter),
+            intra=np.asarray(metrics.intra),
+            per_sample_inter=np.asarray(metrics.per_sample_inter),
+            per_sample_intra=np.asarray(metrics.per_sample_intra),
+            group_ids=group_ids,
+            per_sample_inter_valid=np.asarray(metrics.per_sample_inter_valid),
+            per_sample_intra_valid=np.asarray(metrics.per_sample_intra_valid),
+            inter_valid=bool(metrics.inter_valid),
+            intra_valid=bool(metrics.intra_valid),
+            sample_mask=sample_mask,
+        )
+
+
+def group_assignments(num_samples: int, num_groups: int) -> np.ndarray:
+    """Contiguous, near-equal split of ``num_samples`` into ``num_groups`` groups (``np.array_split``).
+
+    The loop should train group ``g``'s classifier on exactly the samples with ``ids == g``.
+    """
+    if num_groups < 1 or num_samples < num_groups:
+        raise ValueError(f"cannot split {num_samples} samples into {num_groups} groups")
+    ids = np.empty(num_samples, np.int32)
+    for g, idx in enumerate(np.array_split(np.arange(num_samples), num_groups)):
+        ids[idx] = g
+    return ids
+
+
+def _check_finite(name: str, values: np.ndarray, mask: np.ndarray | None = None) -> None:
+    """Raise ``ValueError`` naming ``name`` if any (unmasked) value is NaN or inf."""
+    v = values if mask is None else values[mask]
+    bad = ~np.isfinite(v)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        shown = np.array2string(v.reshape(-1)[idx[:5]], precision=4)
+        where = "" if v.ndim == 0 else f" at {idx.size} position(s), first {idx[:5].tolist()}"
+        raise ValueError(f"reward term {name!r} contains NaN/inf{where} (values: {shown})")
+
+
+def _vector(name: str, x: Any, n: int, dtype: Any = np.float64) -> np.ndarray:
+    arr = np.asarray(x, dtype=dtype)
+    if arr.shape != (n,):
+        raise ValueError(f"reward term {name!r} must have shape ({n},), got {np.shape(x)}")
+    return arr
+
+
+def _transform(stats: RunningStats, x: np.ndarray, config: RewardConfig) -> np.ndarray:
+    z = stats.normalize(x, config.eps) if config.normalize else _f64(x)
+    if config.clip is not None:
+        z = np.clip(z, -config.clip, config.clip)
+    return z
+
+
+def compute_reward(
+    terms: RewardTerms, config: RewardConfig, norm_state: RewardNormalizerState
+) -> tuple[float, np.ndarray, RewardNormalizerState, dict[str, float]]:
+    """Combine the terms into ``(scalar_reward, per_sample_rewards, new_norm_state, info)``.
+
+    ``per_sample_rewards`` is float32 ``(N,)`` (0 for masked samples). ``info`` maps stable names to
+    floats: ``reward/*``, ``raw/<term>``, ``norm/<term>``, ``weighted/<term>`` and
+    ``stats/<term>/{mean,std,count}`` for every term, suitable for TensorBoard scalars.
+    """
+    ps_inter_raw = np.asarray(terms.per_sample_inter, np.float64)
+    if ps_inter_raw.ndim != 1:
+        raise ValueError(f"reward term {PS_INTER!r} must be 1-D (N,), got shape {ps_inter_raw.shape}")
+    n = ps_inter_raw.shape[0]
+    mask = np.ones(n, bool) if terms.sample_mask is None else _vector("sample_mask", terms.sample_mask, n, bool)
+    ps_inter = _vector(PS_INTER, ps_inter_raw, n)
+    ps_intra = _vector(PS_INTRA, terms.per_sample_intra, n)
+    inter_ok = mask.copy() if terms.per_sample_inter_valid is None else mask & _vector(
+        "per_sample_inter_valid", terms.per_sample_inter_valid, n, bool)
+    intra_ok = mask.copy() if terms.per_sample_intra_valid is None else mask & _vector(
+        "per_sample_intra_valid", terms.per_sample_intra_valid, n, bool)
+
+    golden = _f64(terms.golden_loss)
+    inter, intra = _f64(terms.inter), _f64(terms.intra)
+    for name, value, m in ((GOLDEN, golden, None), (INTER, inter, None), (INTRA, intra, None),
+                           (PS_INTER, ps_inter, mask), (PS_INTRA, ps_intra, mask)):
+        _check_finite(name, value, m)
+    if inter.size != 1 or intra.size != 1:
+        raise ValueError(f"'inter' and 'intra' must be scalars, got shapes {inter.shape}, {intra.shape}")
+    inter, intra = inter.reshape(()), intra.reshape(())
+
+    if config.credit == "groups" and golden.ndim == 0:
+        # E.g. too few kept samples to split into groups: the loop trained one classifier.
+        logger.warning("credit='groups' got a scalar golden_loss; broadcasting it to every sample")
+    if config.credit == "broadcast" or golden.ndim == 0:
+        if golden.size != 1:
+            raise ValueError(f"credit='broadcast' needs a scalar golden_loss, got shape {golden.shape}")
+        golden = golden.reshape(1)
+        group_ids = np.zeros(n, np.int64)
+    else:
+        g = config.num_groups
+        if golden.shape != (g,):
+            raise ValueError(f"credit='groups' needs golden_loss of shape ({g},) (or a scalar), "
+                             f"got {golden.shape}")
+        group_ids = (group_assignments(n, g) if terms.group_ids is None
+                     else _vector("group_ids", terms.group_ids, n, np.int64))
+        if np.any((group_ids[mask] < 0) | (group_ids[mask] >= g)):
+            raise ValueError(f"group_ids must lie in [0, {g})")
+        group_ids = np.where(mask, group_ids, 0)
+
+    state = norm_state
+    if config.normalize:
+        state = state.replace(
+            golden_loss=state.golden_loss.update(golden),
+            inter=state.inter.update(inter if terms.inter_valid else []),
+            intra=state.intra.update(intra if terms.intra_valid else []),
+            per_sample_inter=state.per_sample_inter.update(ps_inter[inter_ok]),
+            per_sample_intra=state.per_sample_intra.update(ps_intra[intra_ok]),
+        )
+
+    golden_scalar = golden.mean()
+    z_golden_scalar = _transform(state.golden_loss, golden_scalar, config)
+    z_golden = _transform(state.golden_loss, golden, config)
+    z_inter = _transform(state.inter, inter, config) if terms.inter_valid else _f64(0.0)
+    z_intra = _transform(state.intra, intra, config) if terms.intra_valid else _f64(0.0)
+    z_ps_inter = np.where(inter_ok, _transform(state.per_sample_inter, ps_inter, config), 0.0)
+    z_ps_intra = np.where(intra_ok, _transform(state.per_sample_intra, ps_intra, config), 0.0)
+
+    w_g, w_e, w_a = config.golden_loss_weight, config.inter_weight, config.intra_weight
+    scalar = float(w_g * z_golden_scalar + w_e * z_inter + w_a * z_intra)
+    if config.per_sample_distance:
+        dist = w_e * z_ps_inter + w_a * z_ps_intra
+    else:
+        dist = np.full(n, w_e * z_inter + w_a * z_intra)
+    per_sample = np.where(mask, w_g * z_golden[group_ids] + dist, 0.0).astype(np.float32)
+
+    valid_rewards = per_sample[mask]
+    info: dict[str, float] = {
+        "reward/scalar": scalar,
+        "reward/per_sample_mean": float(valid_rewards.mean()) if valid_rewards.size else 0.0,
+        "reward/per_sample_std": float(valid_rewards.std()) if valid_rewards.size else 0.0,
+        "reward/per_sample_min": float(valid_rewards.min()) if valid_rewards.size else 0.0,
+        "reward/per_sample_max": float(valid_rewards.max()) if valid_rewards.size else 0.0,
+        f"raw/{GOLDEN}": float(golden_scalar),
+        f"raw/{GOLDEN}_group_min": float(golden.min()),
+        f"raw/{GOLDEN}_group_max": float(golden.max()),
+        f"raw/{INTER}": float(inter),
+        f"raw/{INTRA}": float(intra),
+        f"raw/{PS_INTER}_mean": float(ps_inter[inter_ok].mean()) if inter_ok.any() else 0.0,
+        f"raw/{PS_INTRA}_mean": float(ps_intra[intra_ok].mean()) if intra_ok.any() else 0.0,
+        f"norm/{GOLDEN}": float(z_golden_scalar),
+        f"norm/{INTER}": float(z_inter),
+        f"norm/{INTRA}": float(z_intra),
+        f"norm/{PS_INTER}_mean": float(z_ps_inter[inter_ok].mean()) if inter_ok.any() else 0.0,
+        f"norm/{PS_INTRA}_mean": float(z_ps_intra[intra_ok].mean()) if intra_ok.any() else 0.0,
+        f"weighted/{GOLDEN}": float(w_g * z_golden_scalar),
+        f"weighted/{INTER}": float(w_e * z_inter),
+        f"weighted/{INTRA}": float(w_a * z_intra),
+        "valid/inter": float(bool(terms.inter_valid)),
+        "valid/intra": float(bool(terms.intra_valid)),
+        "valid/per_sample_inter_frac": float(inter_ok.sum() / max(mask.sum(), 1)),
+        "valid/per_sample_intra_frac": float(intra_ok.sum() / max(mask.sum(), 1)),
+    }
+    for name in TERM_NAMES:
+        stats: RunningStats = getattr(state, name)
+        info[f"stats/{name}/mean"] = float(stats.mean)
+        info[f"stats/{name}/std"] = float(stats.std)
+        info[f"stats/{name}/count"] = float(stats.count)
+    return scalar, per_sample, state, info
