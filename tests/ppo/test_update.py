@@ -1,0 +1,146 @@
+"""ppo_update on a tiny Llama with LoRA: what changes, reference log-probs, gradient sign.
+
+Uses the toy-task config and shapes of ``test_e2e_toy`` so the compiled programs are shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from genalign_jax import ppo
+from genalign_jax.models.llama import Llama, get_preset
+from genalign_jax.sampling import generate
+from genalign_jax.sharding import param_path
+from tests.ppo import BATCH, TOY_CONFIG, TOY_SAMPLING, toy_prompts, toy_reward
+
+CONFIG = TOY_CONFIG
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """One toy-task sample from the initial (adapter-free) policy, and its scores."""
+    model = Llama(get_preset("tiny"), rngs=nnx.Rngs(0))
+    prompts = toy_prompts(np.random.default_rng(0))
+    out = generate(model, prompts, np.ones_like(prompts), TOY_SAMPLING, jax.random.key(0))
+    return out, toy_reward(out.completion_tokens, out.completion_mask)
+
+
+def _fresh_state():
+    model = Llama(get_preset("tiny"), rngs=nnx.Rngs(0))
+    return model, ppo.init_ppo_state(model, CONFIG, rngs=nnx.Rngs(1))
+
+
+def _numpy(tree):
+    return jax.tree.map(lambda x: np.array(x), tree)
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {param_path(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def test_lora_update_changes_only_adapters_and_value_head(sample):
+    out, scores = sample
+    model, state = _fresh_state()
+    frozen_before = _numpy(state.frozen)
+    trainable_before = _numpy(state.trainable)
+    model_params_before = _numpy(nnx.state(model, nnx.Param))
+
+    batch = ppo.make_rollout(state, out, scores, CONFIG)
+    # Zero-initialised B: policy = reference = the sampler's policy.
+    cmask = np.asarray(batch.completion_mask) > 0
+    np.testing.assert_allclose(np.asarray(batch.logprobs)[cmask], np.asarray(out.logprobs)[cmask],
+                               atol=1e-4)
+    np.testing.assert_allclose(np.asarray(batch.ref_logprobs), np.asarray(batch.logprobs),
+                               atol=1e-5)
+    beta0 = float(state.beta)
+
+    new_state, metrics = ppo.ppo_update(state, batch, CONFIG, jax.random.key(1))
+    metrics = jax.device_get(metrics)
+    assert int(new_state.step) == 1
+    # Frozen base weights: untouched and not copied (the very same arrays).
+    assert new_state.frozen is state.frozen
+    jax.tree.map(np.testing.assert_array_equal, _numpy(new_state.frozen), frozen_before)
+    # The caller's model was not invalidated by donation and its base weights are unchanged.
+    jax.tree.map(np.testing.assert_array_equal, _numpy(nnx.state(model, nnx.Param)),
+                 model_params_before)
+    # Every LoRA B and the value head moved; nothing else is trainable.
+    after_flat, before_flat = _flat(new_state.trainable), _flat(trainable_before)
+    assert after_flat.keys() == before_flat.keys()
+    assert len([k for k in after_flat if k.startswith("policy/")]) == 2 * len(CONFIG.lora_targets)
+    for path, value in after_flat.items():
+        if path.startswith("policy/"):
+            assert path.endswith(("lora_a", "lora_b")), path
+        moved = not np.array_equal(value, before_flat[path])
+        if path.endswith("lora_b") or path.startswith("value_head/"):
+            assert moved, path
+
+    # Metrics: finite, and beta moved as the controller documents (KL was 0 < target).
+    for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "kl_ref", "clip_frac",
+                 "explained_variance", "returns_mean", "returns_std", "advantages_mean",
+                 "advantages_std", "beta", "grad_norm", "rollout_kl"):
+        assert np.isfinite(metrics[name]), name
+    assert metrics["rollout_kl"] == pytest.approx(0.0, abs=1e-4)
+    error = max(metrics["rollout_kl"] / CONFIG.target_kl - 1, -CONFIG.kl_clip)
+    assert metrics["beta"] == pytest.approx(beta0 * (1 + error * BATCH / CONFIG.kl_horizon),
+                                            rel=1e-5)
+    assert metrics["advantages_mean"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["advantages_std"] == pytest.approx(1.0, abs=1e-3)
+
+    # Reference log-probs (adapters off) still equal the base model's (the sampler ran the
+    # adapter-free base), while the trained policy's differ.
+    after = ppo.make_rollout(new_state, out, scores, CONFIG)
+    np.testing.assert_allclose(np.asarray(after.ref_logprobs)[cmask],
+                               np.asarray(out.logprobs)[cmask], atol=1e-4)
+    assert np.abs(np.asarray(after.logprobs) - np.asarray(after.ref_logprobs))[cmask].max() > 1e-3
+
+    # sync_model writes the trained adapters into the caller's model.
+    ppo.sync_model(model, new_state)
+    synced = _flat(nnx.state(model, nnx.LoRAParam))
+    assert synced.keys() == {k[len("policy/"):] for k in after_flat if k.startswith("policy/")}
+    for path, value in synced.items():
+        np.testing.assert_array_equal(value, np.asarray(after_flat["policy/" + path]))
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["positive", "negative"])
+def test_advantage_sign_moves_token_probability(sample, sign):
+    out, scores = sample
+    _, state = _fresh_state()
+    batch = ppo.make_rollout(state, out, scores, CONFIG)
+    j = 3  # the advantaged completion position, every row
+    advantages = np.zeros(batch.advantages.shape, np.float32)
+    advantages[:, j] = sign
+    # returns == values (0 from the zero-init head): no value-loss gradient into the trunk.
+    fixed = dataclasses.replace(batch, advantages=jnp.asarray(advantages) * batch.completion_mask,
+                                returns=batch.values)
+    before = np.asarray(batch.logprobs)[:, j]
+    new_state, _ = ppo.ppo_update(state, fixed, CONFIG, jax.random.key(2))
+    after = np.asarray(ppo.make_rollout(new_state, out, scores, CONFIG).logprobs)[:, j]
+    rows = np.asarray(batch.completion_mask)[:, j] > 0
+    delta = float(np.mean(after[rows] - before[rows]))
+    assert sign * delta > 1e-3, f"advantage {sign:+} moved log-prob by {delta:+.4f}"
+
+
+def test_update_and_rollout_validate_inputs(sample):
+    out, scores = sample
+    _, state = _fresh_state()
+    with pytest.raises(ValueError, match=r"scores must have shape \[32\]"):
+        ppo.make_rollout(state, out, scores[:3], CONFIG)
+    with pytest.raises(ValueError, match="prompt_length 5 "):
+        ppo.make_rollout(state, dataclasses.replace(out, prompt_length=5), scores, CONFIG)
+    batch = ppo.make_rollout(state, out, scores, CONFIG)
+    with pytest.raises(ValueError, match="not divisible by config.num_minibatches=3"):
+        ppo.ppo_update(state, batch, CONFIG.replace(num_minibatches=3), jax.random.key(0))
+    with pytest.raises(ValueError, match="config.learning_rate=0.5 differs"):
+        ppo.ppo_update(state, batch, CONFIG.replace(learning_rate=0.5), jax.random.key(0))
+    with pytest.raises(TypeError, match="batch must be a RolloutBatch"):
+        ppo.ppo_update(state, out, CONFIG, jax.random.key(0))
+    with pytest.raises(ValueError, match="reference_params is only used with trainable='full'"):
+        ppo.init_ppo_state(Llama(get_preset("tiny"), rngs=nnx.Rngs(0)), CONFIG,
+                           rngs=nnx.Rngs(0), reference_params={})
