@@ -1,0 +1,546 @@
+"""Batched autoregressive sampling from a Llama policy, compiled once per bucket.
+
+``generate(model, prompt_tokens, prompt_mask, config, rng)`` runs one jitted
+program: a prefill over the left-padded prompt batch that fills a KV cache,
+then a ``jax.lax.while_loop`` of one-token decode steps that stops when every
+row has produced a stop token or ``max_new_tokens`` tokens were generated.
+
+Shapes and compilation
+    Prompts are left-padded up to a power of two (at least
+    ``SamplingConfig.prompt_bucket_min``) and ``max_new_tokens`` is taken as
+    given, so a run compiles one program per (model graph, batch size, prompt
+    bucket, sampling config) and later calls with the same bucket compile
+    nothing.  The program is a plain ``jax.jit`` over ``nnx.split(model)``
+    state (the graph definition is a static argument).  The KV cache
+    ``[layers, B, P + N, kv_heads, head_dim]`` is allocated *inside* the
+    program: XLA owns the buffer and updates it in place across the
+    while-loop, which is what donating an outside buffer would achieve,
+    without shipping a cache in and out of every call.  Stop ids travel as an
+    array (padded to >= 4 slots), so changing them does not recompile either
+    (see ``SamplingConfig.program_key``); ``trace_count()`` counts programs.
+
+Sharding
+    A model whose parameters sit on a mesh (``load_llama(..., mesh=)`` or
+    ``sharding.shard_state``) is run under that mesh: prompt rows go on the
+    ``data``/``fsdp`` axes (replicated if the batch does not divide) and the
+    KV cache on (batch rows, ``tensor`` for KV heads).
+
+Alignment with a full forward
+    ``tokens``/``mask`` (``[B, P + N]``) can be fed to ``model(tokens, mask)``
+    with ``default_positions(mask)``: the logits at position ``P - 1 + j``
+    predict completion token ``j``.  ``hidden[:, j]`` is the final hidden state
+    at that same position (the value head's input for action ``j``).
+    ``completion_logprobs`` does that recomputation.
+
+Which log-probabilities
+    * ``logprobs`` = ``log_softmax(raw logits)[token]``: the policy's own
+      distribution pi, exactly what PPO recomputes from a fresh forward (no
+      temperature, no truncation).  Use these as the PPO behaviour/old
+      log-probs; the PPO ratio then compares pi_new and pi_old on the same
+      footing.
+    * ``sampling_logprobs`` = log-probability under the distribution actually
+      sampled from, q = softmax(logits / T) restricted to the top-k and
+      nucleus sets and renormalised (0 for greedy rows).  With
+      ``temperature=1, top_k=0, top_p=1`` q equals pi and both fields agree;
+      otherwise rollouts are drawn from q != pi and are slightly off-policy
+      for pi (the usual RLHF practice is to ignore the pi/q weight).  For
+      exactly on-policy PPO, sample with T=1 and no truncation; if the policy
+      is *defined* as softmax(logits / T), compute both the old and the new
+      log-probs with ``completion_logprobs(..., temperature=T)``.
+    In float32 the returned ``logprobs`` match a full forward to ~1e-5; in
+    bfloat16 the cached decode and a full forward round differently, so PPO
+    should recompute old log-probs with a forward when it needs ratio == 1
+    exactly at the first epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from genalign_jax import sharding as sharding_lib
+from genalign_jax.models.llama import KVCache, default_positions
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SamplingConfig",
+    "SampleOutput",
+    "bucket_length",
+    "filter_logits",
+    "sample_tokens",
+    "token_logprobs",
+    "completion_logprobs",
+    "generate",
+    "trace_count",
+]
+
+_NEG_INF = -jnp.inf
+_TRACE_COUNT = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample.  Every field is static: a change compiles a new program.
+
+    Attributes:
+      max_new_tokens: completion length N (the generation bucket; use powers of two).
+      temperature: logits are divided by it before sampling; ``0`` means greedy.
+      top_k: keep only the k most likely tokens (``0`` = off).
+      top_p: keep the smallest set of most likely tokens whose probability
+        reaches ``top_p`` (nucleus sampling; ``1.0`` = off).
+      greedy: take the argmax (temperature/top-k/top-p are then ignored).
+      stop_token_ids: a row ends after emitting any of these (EOS ids, newline...);
+        the stop token itself is part of the completion.
+      pad_token_id: emitted after a row has finished, and used for prompt padding.
+      return_hidden: also return final hidden states ``[B, N, D]``.
+      use_lora: run with LoRA adapters (``False`` = base/reference model).
+      bucket_prompts: left-pad the prompt length up to a power of two.
+      prompt_bucket_min: smallest prompt bucket.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    return_hidden: bool = False
+    use_lora: bool = True
+    bucket_prompts: bool = True
+    prompt_bucket_min: int = 16
+
+    def __post_init__(self):
+        if isinstance(self.stop_token_ids, int):
+            object.__setattr__(self, "stop_token_ids", (self.stop_token_ids,))
+        else:
+            object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if int(self.max_new_tokens) < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, "
+                             f"got {self.max_new_tokens}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature must be >= 0 (0 = greedy), "
+                             f"got {self.temperature}")
+        if int(self.top_k) < 0:
+            raise ValueError(f"SamplingConfig.top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if int(self.pad_token_id) < 0:
+            raise ValueError(f"SamplingConfig.pad_token_id must be >= 0, got {self.pad_token_id}")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise ValueError(f"SamplingConfig.stop_token_ids must be >= 0, "
+                             f"got {self.stop_token_ids}")
+        if int(self.prompt_bucket_min) < 1:
+            raise ValueError(f"SamplingConfig.prompt_bucket_min must be >= 1, "
+                             f"got {self.prompt_bucket_min}")
+
+    @property
+    def is_greedy(self) -> bool:
+        """True when tokens are argmaxes (``greedy`` or ``temperature == 0``)."""
+        return self.greedy or self.temperature == 0.0
+
+    def replace(self, **changes: Any) -> "SamplingConfig":
+        """Returns a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def program_key(self) -> "SamplingConfig":
+        """This config with the fields that do not change the compiled program normalised.
+
+        Stop ids travel as an array argument and prompt bucketing happens
+        before the program, so configs differing only there (or greedy
+        configs differing only in ignored sampling knobs) share one program.
+        """
+        changes: dict[str, Any] = dict(stop_token_ids=(), bucket_prompts=True,
+                                       prompt_bucket_min=16)
+        if self.is_greedy:
+            changes.update(greedy=True, temperature=1.0, top_k=0, top_p=1.0)
+        return self.replace(**changes)
+
+
+class SampleOutput(flax.struct.PyTreeNode):
+    """Result of ``generate``; ``P`` is the bucketed prompt length, ``N`` = max_new_tokens.
+
+    Attributes:
+      tokens: ``[B, P + N]`` left-padded prompt followed by the completion.
+      mask: ``[B, P + N]`` 1 for real prompt tokens and generated tokens
+        (including the stop token), 0 for padding.
+      prompt_length: ``P`` (static).
+      completion_tokens: ``[B, N]`` (``pad_token_id`` after a row finished).
+      completion_mask: ``[B, N]`` 1 for generated tokens, including the stop token.
+      logprobs: ``[B, N]`` float32 ``log_softmax(raw logits)[token]``, 0 where masked.
+      sampling_logprobs: ``[B, N]`` float32 log-prob under the sampling
+        distribution (temperature/top-k/top-p applied; 0 for greedy or masked).
+      hidden: ``[B, N, D]`` final hidden state at the position whose logits
+        produced each token (model dtype), or ``None``.
+      lengths: ``[B]`` number of generated tokens per row.
+      stopped: ``[B]`` whether the row ended with a stop token.
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    prompt_length: int = flax.struct.field(pytree_node=False)
+    completion_tokens: jax.Array
+    completion_mask: jax.Array
+    logprobs: jax.Array
+    sampling_logprobs: jax.Array
+    hidden: jax.Array | None
+    lengths: jax.Array
+    stopped: jax.Array
+
+
+def bucket_length(n: int, minimum: int = 16) -> int:
+    """The smallest power of two that is >= ``n`` and >= ``minimum``.
+
+    Bucketing lengths keeps the number of compiled programs small.
+    """
+    if n < 1:
+        raise ValueError(f"bucket_length needs a positive length, got {n}")
+    return max(int(minimum), 1 << (int(n) - 1).bit_length())
+
+
+def trace_count() -> int:
+    """How many times the generation program has been traced (= compiled) in this process."""
+    return _TRACE_COUNT
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _ordered_keys(x: jax.Array) -> jax.Array:
+    """float32 -> uint32 keys with the same order (NaN-free input)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    signed = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+    return jax.lax.bitcast_convert_type(signed, jnp.uint32) ^ jnp.uint32(0x80000000)
+
+
+def _largest_key(keys: jax.Array, ok: Any) -> jax.Array:
+    """Per row, the largest key ``t`` with ``ok(keys >= t)`` (``ok`` monotone, true at the min).
+
+    An exact bisection over the 32-bit key space: 32 passes of compare+reduce
+    over ``[..., V]``, much cheaper than sorting the vocabulary every step.
+    """
+    def body(_, bounds):
+        lo, hi = bounds
+        gap = hi - lo
+        mid = lo + gap // 2 + (gap & 1)
+        good = ok(keys >= mid[..., None])
+        return jnp.where(good, mid, lo), jnp.where(good, hi, mid - 1)
+
+    lo, _ = jax.lax.fori_loop(0, 32, body, (jnp.min(keys, -1), jnp.max(keys, -1)))
+    return lo
+
+
+def filter_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
+    """Logits of the sampling distribution: ``logits / T`` outside top-k/nucleus set to -inf.
+
+    ``logits`` is ``[..., V]``.  The top-k set is every token whose logit is at
+    least the k-th largest; the nucleus is the smallest set of most likely
+    tokens (after temperature and top-k, renormalised) whose probability
+    reaches ``top_p``.  Ties at either boundary are kept, and the most likely
+    token always is.  With top-k the nucleus is found among the k candidates;
+    without it, by exact bisection (no sort of the whole vocabulary).
+    """
+    logits = logits.astype(jnp.float32)
+    if config.is_greedy:
+        return logits
+    if config.temperature != 1.0:
+        logits = logits / jnp.float32(config.temperature)
+    k = config.top_k if 0 < config.top_k < logits.shape[-1] else 0
+    top_p = jnp.float32(config.top_p)
+    if k:
+        candidates, _ = jax.lax.top_k(logits, k)  # descending
+        if config.top_p < 1.0:
+            probs = jax.nn.softmax(candidates, axis=-1)
+            mass_before = jnp.cumsum(probs, axis=-1) - probs
+            candidates = jnp.where(mass_before < top_p, candidates, jnp.inf)
+        # min(), not candidates[..., -1]: XLA CPU turns the latter into a full sort.
+        threshold = jnp.min(candidates, axis=-1, keepdims=True)
+        return jnp.where(logits < threshold, _NEG_INF, logits)
+    if config.top_p < 1.0:
+        probs = jax.nn.softmax(logits, axis=-1)
+        keys = _ordered_keys(logits)
+        cut = _largest_key(keys, lambda m: jnp.sum(jnp.where(m, probs, 0.0), axis=-1) >= top_p)
+        logits = jnp.where(keys >= cut[..., None], logits, _NEG_INF)
+    return logits
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """``log_softmax(logits)[..., token]`` in float32 (``logits [..., V]``, ``tokens [...]``)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def sample_tokens(logits: jax.Array, rng: jax.Array,
+                  config: SamplingConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Draws one token per row of ``logits`` ``[B, V]``.
+
+    Returns ``(tokens [B] int32, logprobs [B], sampling_logprobs [B])``: the
+    log-probability under the raw distribution and under the sampling
+    distribution (see the module docstring).
+    """
+    logits = logits.astype(jnp.float32)
+    if config.is_greedy:
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        sampling_lp = jnp.zeros(tokens.shape, jnp.float32)
+    else:
+        filtered = filter_logits(logits, config)
+        tokens = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+        sampling_lp = token_logprobs(filtered, tokens)
+    return tokens, token_logprobs(logits, tokens), sampling_lp
+
+
+def completion_logprobs(model: nnx.Module, tokens: jax.Array, mask: jax.Array,
+                        prompt_length: int, *, use_lora: bool = True,
+                        temperature: float = 1.0) -> jax.Array:
+    """Log-probs ``[B, N]`` of the completion ``tokens[:, P:]`` from one full forward.
+
+    This is PPO's recomputation of ``SampleOutput.logprobs``: logits at
+    position ``P - 1 + j`` score completion token ``j``; masked entries are 0.
+    ``temperature`` divides the logits first (1.0 = the raw policy).
+    """
+    if not 1 <= prompt_length < tokens.shape[1]:
+        raise ValueError(f"prompt_length must be in [1, {tokens.shape[1]}), got {prompt_length}")
+    hidden, _ = model.forward(tokens, mask, use_lora=use_lora)
+    logits = model.logits(hidden[:, prompt_length - 1:-1], use_lora)
+    if temperature != 1.0:
+        logits = logits / jnp.float32(temperature)
+    lp = token_logprobs(logits, tokens[:, prompt_length:])
+    return jnp.where(mask[:, prompt_length:].astype(bool), lp, 0.0)
+
+
+# --------------------------------------------------------------------------- the program
+
+
+def _cache_spec(batch: int, kv_heads: int) -> P | None:
+    """KV-cache PartitionSpec under the active mesh: rows on the batch axes, heads on tensor."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None
+    names = mesh.axis_names
+    batch_axes = tuple(a for a in sharding_lib.BATCH_AXES if a in names)
+    rows = batch_axes if batch_axes and batch % math.prod(mesh.shape[a] for a in batch_axes) == 0 \
+        else None
+    heads = "tensor" if "tensor" in names and kv_heads % mesh.shape["tensor"] == 0 else None
+    return P(None, rows, None, heads, None)
+
+
+def _generate_impl(graphdef: nnx.GraphDef, state: nnx.State, prompt: jax.Array,
+                   prompt_mask: jax.Array, stop_ids: jax.Array, rng: jax.Array,
+                   config: SamplingConfig) -> dict[str, jax.Array]:
+    """Prefill + while-loop decode; traced once per (graphdef, shapes, ``config.program_key()``).
+
+    ``stop_ids`` is ``[B, K]``: shared and per-row stop ids, -1 = unused.
+    """
+    global _TRACE_COUNT
+    _TRACE_COUNT += 1
+    model = nnx.merge(graphdef, state)
+    mcfg = model.config
+    b, p = prompt.shape
+    n = config.max_new_tokens
+    use_lora = config.use_lora
+    pad = jnp.int32(config.pad_token_id)
+
+    cache = KVCache.init(mcfg, b, p + n)
+    spec = _cache_spec(b, mcfg.num_kv_heads)
+    if spec is not None:
+        cache = KVCache(*(jax.lax.with_sharding_constraint(c, spec) for c in cache))
+    kv_mask = jnp.concatenate([prompt_mask, jnp.ones((b, n), prompt_mask.dtype)], axis=1)
+    prompt_positions = default_positions(prompt_mask)
+    next_position = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)  # position of completion token 0
+
+    def choose(j, logits, done):
+        key = jax.random.fold_in(rng, j)
+        tok, lp, slp = sample_tokens(logits, key, config)
+        live = ~done
+        tok = jnp.where(live, tok, pad)
+        is_stop = jnp.any(tok[:, None] == stop_ids, axis=1) & live
+        return tok, jnp.where(live, lp, 0.0), jnp.where(live, slp, 0.0), live, done | is_stop
+
+    def record(bufs, j, tok, lp, slp, live, hid):
+        tokens, lps, slps, live_buf, hids = bufs
+        tokens = tokens.at[:, j].set(tok)
+        lps = lps.at[:, j].set(lp)
+        slps = slps.at[:, j].set(slp)
+        live_buf = live_buf.at[:, j].set(live)
+        if hids is not None:
+            hids = hids.at[:, j].set(hid.astype(hids.dtype))
+        return tokens, lps, slps, live_buf, hids
+
+    hidden, cache = model.forward(prompt, prompt_mask, prompt_positions, cache=cache,
+                                  cache_index=0, kv_mask=kv_mask, use_lora=use_lora)
+    last_hidden = hidden[:, -1]
+    logits = model.logits(last_hidden, use_lora)
+    bufs = (jnp.full((b, n), pad, jnp.int32), jnp.zeros((b, n), jnp.float32),
+            jnp.zeros((b, n), jnp.float32), jnp.zeros((b, n), bool),
+            jnp.zeros((b, n, mcfg.hidden_size), hidden.dtype) if config.return_hidden else None)
+    done = jnp.zeros((b,), bool)
+    tok, lp, slp, live, done = choose(0, logits, done)
+    bufs = record(bufs, 0, tok, lp, slp, live, last_hidden)
+
+    def cond(carry):
+        j, _, _, done, _ = carry
+        return (j < n) & ~jnp.all(done)
+
+    def body(carry):
+        j, cache, prev, done, bufs = carry
+        positions = (next_position + j - 1)[:, None]
+        hidden, cache = model.forward(prev[:, None], None, positions, cache=cache,
+                                      cache_index=p + j - 1, kv_mask=kv_mask, use_lora=use_lora)
+        h = hidden[:, 0]
+        tok, lp, slp, live, done = choose(j, model.logits(h, use_lora), done)
+        return j + 1, cache, tok, done, record(bufs, j, tok, lp, slp, live, h)
+
+    carry = (jnp.int32(1), cache, tok, done, bufs)
+    _, _, _, done, bufs = jax.lax.while_loop(cond, body, carry)
+    tokens, lps, slps, live, hids = bufs
+    completion_mask = live.astype(jnp.int32)
+    return dict(
+        tokens=jnp.concatenate([prompt, tokens], axis=1),
+        mask=jnp.concatenate([prompt_mask.astype(jnp.int32), completion_mask], axis=1),
+        completion_tokens=tokens, completion_mask=completion_mask, logprobs=lps,
+        sampling_logprobs=slps, hidden=hids, lengths=jnp.sum(completion_mask, axis=1),
+        stopped=done)
+
+
+_generate_jit = jax.jit(_generate_impl, static_argnames=("graphdef", "config"))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _state_mesh(state: Any) -> jax.sharding.Mesh | None:
+    """The mesh of the first NamedSharding-placed array in ``state`` (None if on one device)."""
+    for leaf in jax.tree.leaves(state):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+            return sharding.mesh
+    return None
+
+
+def _prepare_prompts(tokens: Any, mask: Any, config: SamplingConfig,
+                     vocab_size: int) -> tuple[Any, Any]:
+    """Validates a left-padded prompt batch and left-pads it to its length bucket."""
+    if tokens is None or mask is None:
+        raise ValueError("generate: prompt_tokens and prompt_mask are both required")
+    if not isinstance(tokens, jax.Array):
+        tokens = np.asarray(tokens)
+    if not isinstance(mask, jax.Array):
+        mask = np.asarray(mask)
+    if tokens.ndim != 2:
+        raise ValueError(f"generate: prompt_tokens must be [batch, length], "
+                         f"got shape {tokens.shape}")
+    if mask.shape != tokens.shape:
+        raise ValueError(f"generate: prompt_mask shape {mask.shape} does not match "
+                         f"prompt_tokens shape {tokens.shape}")
+    b, p = tokens.shape
+    if b == 0 or p == 0:
+        raise ValueError(f"generate: empty prompt batch (shape {tokens.shape})")
+    concrete = not isinstance(tokens, jax.Array) or tokens.is_fully_addressable
+    if concrete and (not isinstance(mask, jax.Array) or mask.is_fully_addressable):
+        t, m = np.asarray(tokens), np.asarray(mask)
+        if not np.isin(m, (0, 1)).all():
+            raise ValueError("generate: prompt_mask must contain only 0 and 1")
+        if not (m[:, -1] == 1).all():
+            empty = np.flatnonzero(m.sum(1) == 0)
+            raise ValueError(
+                f"generate: prompts must be left-padded with a real last token; rows "
+                f"{np.flatnonzero(m[:, -1] == 0)[:8].tolist()} end in padding"
+                + (f" (rows {empty[:8].tolist()} are empty)" if empty.size else "")
+                + " — use genalign_jax.tokenization.encode_prompts")
+        if (np.diff(m, axis=1) < 0).any():
+            raise ValueError("generate: prompt_mask has holes (a 0 after a 1); prompts must be "
+                             "left-padded")
+        real = t[m == 1]
+        if real.size and (real.min() < 0 or real.max() >= vocab_size):
+            raise ValueError(f"generate: prompt token ids must be in [0, {vocab_size}), got "
+                             f"range [{real.min()}, {real.max()}]")
+    target = bucket_length(p, config.prompt_bucket_min) if config.bucket_prompts else p
+    xp = jnp if isinstance(tokens, jax.Array) else np
+    tokens = tokens.astype(xp.int32)
+    mask = mask.astype(xp.int32)
+    if target > p:
+        widths = ((0, 0), (target - p, 0))
+        tokens = xp.pad(tokens, widths, constant_values=config.pad_token_id)
+        mask = xp.pad(mask, widths, constant_values=0)
+    return tokens, mask
+
+
+def _stop_array(shared: tuple[int, ...], per_row: Any, batch: int) -> np.ndarray:
+    """``[B, K]`` stop ids (shared ones first, -1 = unused), K padded to a power of two >= 4."""
+    if per_row is None:
+        per_row = np.full((batch, 0), -1, np.int32)
+    else:
+        per_row = np.asarray(per_row, np.int32)
+        if per_row.ndim == 1:
+            per_row = per_row[:, None]
+        if per_row.ndim != 2 or per_row.shape[0] != batch:
+            raise ValueError(f"generate: row_stop_token_ids must be [batch={batch}, K], "
+                             f"got shape {per_row.shape}")
+    k = len(shared) + per_row.shape[1]
+    out = np.full((batch, bucket_length(max(k, 1), 4)), -1, np.int32)
+    out[:, :len(shared)] = shared
+    out[:, len(shared):k] = per_row
+    return out
+
+
+def generate(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], prompt_tokens: Any,
+             prompt_mask: Any, config: SamplingConfig, rng: jax.Array | None = None, *,
+             row_stop_token_ids: Any = None) -> SampleOutput:
+    """Samples completions for a left-padded prompt batch.
+
+    Args:
+      model: a ``Llama`` (possibly sharded over a mesh, possibly with LoRA
+        adapters) or its ``(graphdef, state)`` from ``nnx.split``.
+      prompt_tokens: ``[B, P0]`` int token ids, left-padded (numpy or jax).
+      prompt_mask: ``[B, P0]`` 1 for real tokens; every row needs >= 1 real token.
+      config: a ``SamplingConfig``.
+      rng: a PRNG key (ignored for greedy; defaults to ``jax.random.key(0)``).
+      row_stop_token_ids: optional ``[B, K]`` extra stop ids per row (``-1`` = unused),
+        added to ``config.stop_token_ids``.
+
+    Returns:
+      a ``SampleOutput``; its ``prompt_length`` is the bucketed prompt length.
+    """
+    if not isinstance(config, SamplingConfig):
+        raise ValueError(f"generate: config must be a SamplingConfig, got {type(config).__name__}")
+    if isinstance(model, tuple):
+        graphdef, state = model
+    else:
+        graphdef, state = nnx.split(model)
+    mcfg = nnx.merge(graphdef, state).config if isinstance(model, tuple) else model.config
+    vocab = mcfg.vocab_size
+    bad = [t for t in (*config.stop_token_ids, config.pad_token_id) if t >= vocab]
+    if bad:
+        raise ValueError(f"generate: stop/pad token ids {bad} are outside the vocabulary ({vocab})")
+    tokens, mask = _prepare_prompts(prompt_tokens, prompt_mask, config, vocab)
+    b, p = tokens.shape
+    if p + config.max_new_tokens > mcfg.max_position_embeddings:
+        log.warning("prompt bucket %d + %d new tokens exceeds max_position_embeddings=%d",
+                    p, config.max_new_tokens, mcfg.max_position_embeddings)
+    row_stop = _stop_array(config.stop_token_ids, row_stop_token_ids, b)
+    if rng is None:
+        rng = jax.random.key(0)
+
+    mesh = _state_mesh(state)
+    context = contextlib.nullcontext()
+    if mesh is not None:
+        if jax.sharding.get_abstract_mesh().empty:
+            context = jax.set_mesh(mesh)
+        rows = math.prod(mesh.shape.get(a, 1) for a in sharding_lib.BATCH_AXES)
+        place = (sharding_lib.batch_sharding(mesh) if b % rows == 0
+                 else NamedSharding(mesh, P()))
+        tokens, mask, row_stop = jax.device_put((tokens, mask, row_stop), place)
+    with context:
+        out = _generate_jit(graphdef, state, tokens, mask, row_stop, rng, config.program_key())
+    return SampleOutput(prompt_length=p, **out)
