@@ -350,8 +350,13 @@ class Attention(nnx.Module):
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = h
 
-    def __call__(self, x, positions, inv_freq, attend_mask, cache_k, cache_v, cache_index,
+    def __call__(self, x, positions, inv_freq, attend_mask, cache_k, cache_v, cache_index, layer,
                  use_lora: bool = True):
+        """``cache_k``/``cache_v`` are the *stacked* caches of all layers (or ``None``).
+
+        Only this layer's new keys/values are written (at ``[layer, :, cache_index]``), so
+        a decode step touches one token per layer instead of copying the layer's cache.
+        """
         b, t, _ = x.shape
         q = self.q_proj(x, use_lora).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x, use_lora).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -359,10 +364,11 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         if cache_k is not None:
-            start = (0, cache_index, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-            k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
+            start = (layer, 0, cache_index, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(q.dtype)
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(q.dtype)
         out = _gqa_attention(q, k, v, attend_mask)
         return self.o_proj(out.reshape(b, t, -1), use_lora), cache_k, cache_v
 
@@ -403,10 +409,10 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config=config)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, inv_freq, attend_mask, cache_k, cache_v, cache_index,
+    def __call__(self, x, positions, inv_freq, attend_mask, cache_k, cache_v, cache_index, layer,
                  use_lora: bool = True):
         attn_out, cache_k, cache_v = self.attn(self.input_layernorm(x), positions, inv_freq,
-                                               attend_mask, cache_k, cache_v, cache_index,
+                                               attend_mask, cache_k, cache_v, cache_index, layer,
                                                use_lora)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x), use_lora)
@@ -484,17 +490,18 @@ class Llama(nnx.Module):
 
         graphdef, layer_state = nnx.split(self.layers)
 
-        def body(h, xs):
-            state, ck, cv = xs
+        # The stacked cache rides in the scan carry so XLA updates it in place.
+        def body(carry, xs):
+            h, ck, cv = carry
+            state, layer = xs
             block = nnx.merge(graphdef, state)
-            h, ck, cv = block(h, positions, inv_freq, attend_mask, ck, cv, cache_index, use_lora)
-            return h, (ck, cv)
+            h, ck, cv = block(h, positions, inv_freq, attend_mask, ck, cv, cache_index, layer,
+                              use_lora)
+            return (h, ck, cv), None
 
-        if cache is None:
-            xs = (layer_state, None, None)
-        else:
-            xs = (layer_state, cache.k, cache.v)
-        x, (new_k, new_v) = jax.lax.scan(body, x, xs)
+        carry = (x, None, None) if cache is None else (x, cache.k, cache.v)
+        layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+        (x, new_k, new_v), _ = jax.lax.scan(body, carry, (layer_state, layers))
         hidden = self.norm(x)
         new_cache = None if cache is None else KVCache(new_k, new_v)
         return hidden, new_cache
