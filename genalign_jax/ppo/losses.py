@@ -18,6 +18,7 @@ __all__ = [
     "PolicyLossOut",
     "policy_loss",
     "ValueLossOut",
+    "step_logprobs",
     "value_loss",
     "explained_variance",
 ]
@@ -47,8 +48,15 @@ def completion_logprobs(logits: jax.Array, tokens: jax.Array, prompt_length: int
         raise ValueError("completion_logprobs: prompt_length must be >= 1 (the first completion "
                          "token is predicted from the last prompt position)")
     step_logits = jax.lax.dynamic_slice_in_dim(logits, start, num_completion, axis=1)
-    step_logits = step_logits.astype(jnp.float32) / temperature
     targets = jax.lax.dynamic_slice_in_dim(tokens, prompt_length, num_completion, axis=1)
+    return step_logprobs(step_logits, targets, temperature, with_entropy)
+
+
+def step_logprobs(step_logits: jax.Array, targets: jax.Array, temperature: float = 1.0,
+                  with_entropy: bool = True) -> tuple[jax.Array, jax.Array | None]:
+    """Log-probs of ``targets`` [B, N] under ``step_logits`` [B, N, V] (the logits that
+    predict them), and the entropy of each step's distribution; float32."""
+    step_logits = step_logits.astype(jnp.float32) / temperature
     log_z = jax.nn.logsumexp(step_logits, axis=-1)
     picked = jnp.take_along_axis(step_logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     logprobs = picked - log_z

@@ -5,7 +5,11 @@ PPO works with any NNX causal LM through one callable::
     policy_apply(model, tokens, mask, use_lora) -> (logits [B, T, V], hidden [B, T, D])
 
 ``logits[:, t]`` predicts ``tokens[:, t + 1]`` and ``hidden`` are the final
-hidden states the value head reads.  ``use_lora=False`` must run the reference
+hidden states the value head reads.  PPO only needs the completion positions;
+an apply function that sets the attribute ``supports_window = True`` is also
+called with ``window=(start, length)`` and then returns logits and hidden states
+for those positions only, which avoids the ``[B, T, V]`` logits of the prompt
+(at 8B with a 128k vocabulary they dominate memory).  ``use_lora=False`` must run the reference
 (base) model; for ``trainable="full"`` PPO instead swaps in reference
 parameters, and the flag only matters if the model also has adapters.  The
 default, ``llama_apply``, calls our ``Llama`` as
@@ -25,9 +29,10 @@ import optax
 from flax import nnx
 
 from genalign_jax.ppo.config import PPOConfig
-from genalign_jax.ppo.losses import completion_logprobs
+from genalign_jax.ppo.losses import step_logprobs
 
-__all__ = ["PolicyApply", "llama_apply", "PPOProgram", "evaluate", "reference_logprobs"]
+__all__ = ["PolicyApply", "llama_apply", "apply_window", "PPOProgram", "evaluate",
+           "reference_logprobs"]
 
 
 class PolicyApply(Protocol):
@@ -38,9 +43,33 @@ class PolicyApply(Protocol):
 
 
 def llama_apply(model: nnx.Module, tokens: jax.Array, mask: jax.Array,
-                use_lora: bool = True) -> tuple[jax.Array, jax.Array]:
-    """Default ``PolicyApply`` for ``genalign_jax.models.llama.Llama``."""
-    return model(tokens, mask, use_lora=use_lora, return_hidden=True)
+                use_lora: bool = True, window: tuple[int, int] | None = None
+                ) -> tuple[jax.Array, jax.Array]:
+    """Default ``PolicyApply`` for ``genalign_jax.models.llama.Llama``.
+
+    With ``window=(start, length)`` only positions ``start .. start+length`` are
+    projected to the vocabulary.
+    """
+    if window is None:
+        return model(tokens, mask, use_lora=use_lora, return_hidden=True)
+    hidden, _ = model.forward(tokens, mask, use_lora=use_lora)
+    hidden = jax.lax.dynamic_slice_in_dim(hidden, window[0], window[1], axis=1)
+    return model.logits(hidden, use_lora), hidden
+
+
+llama_apply.supports_window = True
+
+
+def apply_window(apply: Callable, model: nnx.Module, tokens: jax.Array, mask: jax.Array,
+                 use_lora: bool, prompt_length: int, num_completion: int
+                 ) -> tuple[jax.Array, jax.Array]:
+    """Logits ``[B, N, V]`` and hidden ``[B, N, D]`` at the positions predicting the completion."""
+    window = (prompt_length - 1, num_completion)
+    if getattr(apply, "supports_window", False):
+        return apply(model, tokens, mask, use_lora, window=window)
+    logits, hidden = apply(model, tokens, mask, use_lora)
+    return (_completion_slice(logits, prompt_length, num_completion),
+            _completion_slice(hidden, prompt_length, num_completion))
 
 
 class PPOProgram(NamedTuple):
@@ -79,17 +108,18 @@ def evaluate(program: PPOProgram, frozen: dict, trainable: dict, tokens: jax.Arr
     values are read at positions ``P−1+j``, aligned with the log-probs.
     """
     model = nnx.merge(program.policy_graphdef, frozen["policy"], trainable["policy"])
-    logits, hidden = program.policy_apply(model, tokens, mask, True)
-    logprobs, entropy = completion_logprobs(logits, tokens, prompt_length, num_completion,
-                                            config.temperature, with_entropy)
+    step_logits, hidden = apply_window(program.policy_apply, model, tokens, mask, True,
+                                       prompt_length, num_completion)
+    targets = _completion_slice(tokens, prompt_length + 1, num_completion)
+    logprobs, entropy = step_logprobs(step_logits, targets, config.temperature, with_entropy)
     if program.critic_graphdef is None:
-        features = _completion_slice(hidden, prompt_length, num_completion)
+        features = hidden
         if config.value_head.stop_gradient:
             features = jax.lax.stop_gradient(features)
     else:
         critic = nnx.merge(program.critic_graphdef, frozen["critic"], trainable["critic"])
-        _, critic_hidden = program.critic_apply(critic, tokens, mask, True)
-        features = _completion_slice(critic_hidden, prompt_length, num_completion)
+        _, features = apply_window(program.critic_apply, critic, tokens, mask, True,
+                                   prompt_length, num_completion)
     value_head = nnx.merge(program.value_head_graphdef, trainable["value_head"])
     return logprobs, entropy, value_head(features)
 
@@ -100,7 +130,8 @@ def reference_logprobs(program: PPOProgram, frozen: dict, trainable: dict, refer
     """Reference-policy log-probs ``[B, N]``: adapters off, or the reference params."""
     params = trainable["policy"] if reference is None else reference
     model = nnx.merge(program.policy_graphdef, frozen["policy"], params)
-    logits, _ = program.policy_apply(model, tokens, mask, False)
-    logprobs, _ = completion_logprobs(logits, tokens, prompt_length, num_completion,
-                                      config.temperature, with_entropy=False)
+    step_logits, _ = apply_window(program.policy_apply, model, tokens, mask, False,
+                                  prompt_length, num_completion)
+    targets = _completion_slice(tokens, prompt_length + 1, num_completion)
+    logprobs, _ = step_logprobs(step_logits, targets, config.temperature, with_entropy=False)
     return logprobs
