@@ -177,15 +177,9 @@ def load_encoder_classifier(name_or_path: str | os.PathLike, num_labels: int | N
     """
     if num_labels is not None:
         config_overrides["num_labels"] = int(num_labels)
-    if checkpoint is None:
-        folder = hf_weights.resolve_checkpoint(name_or_path)
-        if config is None:
-            config = from_hf_config(folder, **config_overrides)
-        checkpoint = hf_weights.SafetensorsCheckpoint(folder)
-    elif config is None:
-        raise ValueError("load_encoder_classifier: pass config= together with checkpoint=")
-    if config_overrides and any(getattr(config, k) != v for k, v in config_overrides.items()):
-        config = config.replace(**config_overrides)
+    checkpoint, config = hf_weights.open_model_source(name_or_path, checkpoint, config,
+                                                      from_hf_config, config_overrides,
+                                                      "load_encoder_classifier")
     prefix = checkpoint_prefix(checkpoint, config)
     with_pooler = config.use_pooler and f"{prefix}pooler.dense.weight" in checkpoint
     with_head = _head_matches(checkpoint, config)

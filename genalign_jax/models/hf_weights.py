@@ -40,6 +40,8 @@ __all__ = [
     "resolve_checkpoint",
     "SafetensorsCheckpoint",
     "open_checkpoint",
+    "read_hf_config",
+    "open_model_source",
     "TensorSpec",
     "load_into_state",
 ]
@@ -171,6 +173,41 @@ def open_checkpoint(name_or_path: str | os.PathLike) -> tuple[Path, SafetensorsC
     """Resolves ``name_or_path`` and opens its safetensors weights."""
     folder = resolve_checkpoint(name_or_path)
     return folder, SafetensorsCheckpoint(folder)
+
+
+def read_hf_config(config: str | os.PathLike | dict, what: str) -> tuple[dict, str]:
+    """``(config dict, source name)`` from a ``config.json`` path, its folder, or a dict."""
+    if isinstance(config, dict):
+        return config, "<dict>"
+    path = os.fspath(config)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} config not found: {path}")
+    with open(path) as f:
+        return json.load(f), path
+
+
+def open_model_source(name_or_path: str | os.PathLike, checkpoint: Any, config: Any,
+                      parse_config: Callable[..., Any], overrides: dict[str, Any],
+                      caller: str) -> tuple[Any, Any]:
+    """The ``(tensor source, model config)`` a ``load_*`` function works from.
+
+    Without ``checkpoint`` the folder is resolved (local or HF cache), its safetensors are
+    opened and, unless ``config`` is given, ``parse_config(folder, **overrides)`` reads
+    ``config.json``.  An explicit ``checkpoint`` (e.g. a GGUF adapter) needs ``config``.
+    """
+    if checkpoint is None:
+        folder = resolve_checkpoint(name_or_path)
+        if config is None:
+            config = parse_config(folder, **overrides)
+            overrides = {}
+        checkpoint = SafetensorsCheckpoint(folder)
+    elif config is None:
+        raise ValueError(f"{caller}: pass config= together with checkpoint=")
+    if overrides and any(getattr(config, k) != v for k, v in overrides.items()):
+        config = config.replace(**overrides)
+    return checkpoint, config
 
 
 @dataclasses.dataclass(frozen=True)

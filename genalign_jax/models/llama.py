@@ -21,7 +21,6 @@ The model matches Hugging Face ``LlamaForCausalLM`` on the same weights (see
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, NamedTuple
@@ -30,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from genalign_jax.models.hf_weights import read_hf_config
 
 from genalign_jax.sharding import constrain_batch
 
@@ -169,16 +170,7 @@ def from_hf_config(config: str | os.PathLike | dict, **overrides: Any) -> LlamaC
     ``rope_theta``/``rope_type``) and the older one (``rope_theta`` plus
     ``rope_scaling``).  Unsupported architectures or rope types raise.
     """
-    source = "<dict>"
-    if not isinstance(config, dict):
-        path = os.fspath(config)
-        if os.path.isdir(path):
-            path = os.path.join(path, "config.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Llama config not found: {path}")
-        source = path
-        with open(path) as f:
-            config = json.load(f)
+    config, source = read_hf_config(config, "Llama")
     model_type = config.get("model_type", "llama")
     if model_type != "llama":
         raise ValueError(f"{source}: model_type {model_type!r} is not supported by the Llama "

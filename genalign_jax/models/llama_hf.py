@@ -72,15 +72,9 @@ def load_llama(name_or_path: str | os.PathLike, *, mesh: Mesh | None = None,
       config: use this config instead of reading ``config.json``.
       **config_overrides: e.g. ``dtype="bfloat16", param_dtype="bfloat16"``.
     """
-    if checkpoint is None:
-        folder = hf_weights.resolve_checkpoint(name_or_path)
-        if config is None:
-            config = from_hf_config(folder, **config_overrides)
-        checkpoint = hf_weights.SafetensorsCheckpoint(folder)
-    elif config is None:
-        raise ValueError("load_llama: pass config= together with checkpoint=")
-    elif config_overrides:
-        config = config.replace(**config_overrides)
+    checkpoint, config = hf_weights.open_model_source(name_or_path, checkpoint, config,
+                                                      from_hf_config, config_overrides,
+                                                      "load_llama")
     graphdef, abstract_state = abstract_llama(config)
     shardings = None
     if mesh is not None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 from typing import Any
@@ -33,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from genalign_jax.models.hf_weights import read_hf_config
 
 from genalign_jax.sharding import constrain_batch, param_path
 
@@ -187,16 +188,7 @@ def from_hf_config(config: str | os.PathLike | dict, **overrides: Any) -> Encode
     ``num_labels`` comes from ``id2label`` (default 2) unless overridden.
     Unsupported model types or relative position embeddings raise.
     """
-    source = "<dict>"
-    if not isinstance(config, dict):
-        path = os.fspath(config)
-        if os.path.isdir(path):
-            path = os.path.join(path, "config.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"encoder config not found: {path}")
-        source = path
-        with open(path) as f:
-            config = json.load(f)
+    config, source = read_hf_config(config, "encoder")
     model_type = config.get("model_type")
     if model_type in _ROBERTA_TYPES:
         family = _ROBERTA
