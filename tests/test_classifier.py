@@ -23,7 +23,7 @@ from genalign_jax.classifier import (ClassifierConfig, build_classifier, embed, 
                                      load_pretrained_classifier, metrics_from_logits,
                                      predict_logits, train_classifier)
 from genalign_jax.models.roberta import get_preset
-from tests.models.test_roberta import make_tiny_tokenizer
+from tests.hf_fixtures import make_tiny_tokenizer
 
 POSITIVE = ["good", "great", "fine", "nice", "love", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "hate", "worst", "boring"]
