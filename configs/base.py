@@ -154,22 +154,23 @@ def embedded_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     c.generator.lora_rank = 8
     c.generator.lora_alpha = 16.0
     c.generator.sampling.max_new_tokens = 48
-    c.generator.max_prompt_tokens = 384   # k_shot=3 chat prompts are 150-300 SmolLM2 tokens
-    c.data.k_shot = 3
+    c.generator.max_prompt_tokens = 256   # k_shot=2 chat prompts are 150-220 SmolLM2 tokens
+    c.data.k_shot = 2
+    c.ppo.ppo_epochs = 1
     c.generator.sampling.batch_size = 32
     c.generator.sampling.temperature = 0.9
     c.classifier.source = "hf"
     c.classifier.path = "embedded:minilm"
     c.classifier.max_length = 64
-    c.classifier.learning_rate = 5e-5
-    c.classifier.epochs = 4
+    c.classifier.learning_rate = 1e-4
+    c.classifier.epochs = 10        # a few dozen synthetic examples per epoch: more passes
     c.classifier.batch_size = 16
     c.data.icl_pool_size = 500
     c.data.golden_size = 200
     c.data.test_size = 400
     c.loop.epochs = 5
     c.loop.rollouts_per_epoch = 64
-    c.ppo.learning_rate = 2e-5
+    c.ppo.learning_rate = 3e-4      # LoRA rank 8 on a 135M model, a handful of updates on CPU
     c.ppo.num_minibatches = 2
     return c
 

@@ -81,6 +81,9 @@ class LlamaConfig:
     pad_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # Rematerialise each layer in the backward pass (keep only layer inputs): PPO on long
+    # prompts needs it; forward-only use (sampling) pays nothing.
+    remat: bool = True
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
@@ -491,6 +494,8 @@ class Llama(nnx.Module):
                               use_lora)
             return (h, ck, cv), None
 
+        if self.config.remat:
+            body = jax.checkpoint(body, prevent_cse=False)
         carry = (x, None, None) if cache is None else (x, cache.k, cache.v)
         layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
         (x, new_k, new_v), _ = jax.lax.scan(body, carry, (layer_state, layers))
