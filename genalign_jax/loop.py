@@ -148,7 +148,8 @@ class Trainer:
         self.model, self.tokenizer = builders.build_generator(c, self.mesh)
         self.sampling = builders.build_sampling_config(c, self.tokenizer)
         self.pretrained_classifier = builders.build_classifier(c, self.num_labels, self.mesh)
-        self.classifier_config = builders.build_classifier_config(c, self.num_labels)
+        self.classifier_config = builders.build_classifier_config(
+            c, self.num_labels, show_progress=self.show_progress)
         self.reward_config = builders.build_reward_config(c)
         self.ppo_config = builders.build_ppo_config(c)
         from genalign_jax import ppo
