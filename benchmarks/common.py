@@ -11,6 +11,15 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# Dense bf16 peak FLOP/s by device kind, for MFU.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+                   "TPU v5p": 459e12, "TPU v5e": 197e12, "TPU v4": 275e12}
+
+
+def peak_flops(device_kind: str) -> float | None:
+    """The bf16 peak of a device kind (``None`` when unknown, e.g. CPU)."""
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k.lower() in device_kind.lower()), None)
+
 
 def time_fn(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time in seconds of ``fn()`` (which must block until done)."""

@@ -27,11 +27,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.common import print_table, time_fn, write_json  # noqa: E402
+from benchmarks.common import peak_flops, print_table, time_fn, write_json  # noqa: E402
 from genalign_jax.models.llama import Llama, get_preset  # noqa: E402
 from genalign_jax.models.llama_hf import load_llama  # noqa: E402
 
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def forward_flops(config, batch: int, seq_len: int) -> float:
@@ -98,7 +97,7 @@ def main() -> None:
     ours_s = time_fn(lambda: forward(state, jtokens).block_until_ready(), repeats=args.repeats)
     flops = forward_flops(config, args.batch, args.seq_len)
     device = jax.devices()[0]
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device.device_kind), None)
+    peak = peak_flops(device.device_kind)
     ours = {"impl": "genalign_jax", "seconds": ours_s,
             "tokens_per_s": args.batch * args.seq_len / ours_s,
             "tflops": flops / ours_s / 1e12}

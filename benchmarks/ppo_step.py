@@ -40,15 +40,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.common import print_table, time_fn, write_json  # noqa: E402
+from benchmarks.common import peak_flops, print_table, time_fn, write_json  # noqa: E402
 from genalign_jax import ppo  # noqa: E402
 from genalign_jax.models.llama import Llama, LlamaConfig, get_preset  # noqa: E402
 
 log = logging.getLogger("ppo_step")
-
-# Dense bf16 peak FLOP/s by device kind substring (for MFU).
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "TPU v5p": 459e12,
-              "TPU v5e": 197e12, "TPU v4": 275e12}
 
 
 class FakeSample(NamedTuple):
@@ -198,8 +194,7 @@ def main() -> None:
         result["overhead_vs_bare_grad"] = update_s / baseline_s
 
     device = jax.devices()[0]
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
-        (v for k, v in PEAK_FLOPS.items() if k.lower() in device.device_kind.lower()), None)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device.device_kind)
     if peak and jax.default_backend() != "cpu":
         result["mfu"] = update_flops / update_s / peak
         result["rollout_mfu"] = rollout_flops / rollout_s / peak

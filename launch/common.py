@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from absl import flags
+
+
+def setup_logging() -> None:
+    """INFO logs from genalign_jax; orbax (absl) only from WARNING, it logs every file it writes."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

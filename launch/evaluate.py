@@ -12,7 +12,6 @@ a mean ± std table and writes JSON (default: next to the checkpoint).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
@@ -21,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launch.common import parse_flags  # noqa: E402
+from launch.common import parse_flags, setup_logging  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file used for training, e.g. configs/sst2.py:tiny.", lock_config=True)
@@ -37,8 +36,7 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes at INFO
+    setup_logging()
     from genalign_jax.checkpointing import parse_checkpoint_path
     from genalign_jax.evaluation import evaluate_generators, format_table, summarise
     from genalign_jax.loop import Trainer

@@ -11,7 +11,6 @@ Outputs go to ``<config.output_dir>/<config.run_name>/``: ``checkpoint_epoch_N/`
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -20,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launch.common import parse_flags  # noqa: E402
+from launch.common import parse_flags, setup_logging  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/sst2.py or configs/sst2.py:tiny.",
@@ -34,8 +33,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes at INFO
+    setup_logging()
     from genalign_jax.loop import Trainer
     try:
         trainer = Trainer(_CONFIG.value, run_dir=_RUN_DIR.value, resume=_RESUME.value)

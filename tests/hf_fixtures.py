@@ -42,6 +42,18 @@ def make_tiny_hf_llama(folder: Path, variant: str = "plain", seed: int = 0, **ov
     return model
 
 
+def hf_logits(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Logits of an HF causal LM on a padded batch, with positions counted over real tokens."""
+    import torch
+
+    positions = np.maximum(np.cumsum(mask, -1) - 1, 0) * mask
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                    attention_mask=torch.tensor(mask, dtype=torch.long),
+                    position_ids=torch.tensor(positions, dtype=torch.long))
+    return out.logits.float().numpy()
+
+
 def padded_batch(lengths, total, vocab, left: bool, seed: int = 0):
     """Random tokens ``[B, total]`` and mask with rows of ``lengths`` real tokens."""
     rng = np.random.default_rng(seed)

@@ -28,7 +28,7 @@ from genalign_jax.models.llama import (RopeScaling, from_hf_config, get_preset,
 gguf = pytest.importorskip("gguf")
 from genalign_jax.models.gguf import (GGUFCheckpoint, llama_config_from_gguf,  # noqa: E402
                                       load_gguf_llama, load_gguf_tokenizer, open_gguf)
-from tests.hf_fixtures import make_tiny_hf_llama, padded_batch  # noqa: E402
+from tests.hf_fixtures import hf_logits, make_tiny_hf_llama, padded_batch  # noqa: E402
 
 log = logging.getLogger(__name__)
 Q = gguf.GGMLQuantizationType
@@ -140,20 +140,9 @@ def _transformers_gguf_model(file: Path):
     return model
 
 
-def _hf_logits(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    import torch
-
-    positions = np.maximum(np.cumsum(mask, -1) - 1, 0) * mask
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(tokens, dtype=torch.long),
-                    attention_mask=torch.tensor(mask, dtype=torch.long),
-                    position_ids=torch.tensor(positions, dtype=torch.long))
-    return out.logits.float().numpy()
-
-
 def _max_logit_error(model, hf_model, tokens, mask) -> float:
     ours = np.asarray(model(jnp.asarray(tokens), jnp.asarray(mask)))
-    theirs = _hf_logits(hf_model, tokens, mask)
+    theirs = hf_logits(hf_model, tokens, mask)
     real = mask.astype(bool)
     return float(np.abs(ours[real] - theirs[real]).max())
 

@@ -14,18 +14,11 @@ from genalign_jax.models import hf_weights
 from genalign_jax.models.llama import (KVCache, Llama, default_positions, from_hf_config,
                                        get_preset)
 from genalign_jax.models.llama_hf import load_llama
-from tests.hf_fixtures import LLAMA_VARIANTS, make_tiny_hf_llama, padded_batch
+from tests.hf_fixtures import LLAMA_VARIANTS, hf_logits, make_tiny_hf_llama, padded_batch
 
 torch = pytest.importorskip("torch")
 
 
-def _hf_logits(model, tokens, mask):
-    positions = np.maximum(np.cumsum(mask, -1) - 1, 0) * mask
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(tokens, dtype=torch.long),
-                    attention_mask=torch.tensor(mask, dtype=torch.long),
-                    position_ids=torch.tensor(positions, dtype=torch.long))
-    return out.logits.float().numpy()
 
 
 @pytest.mark.parametrize("variant", sorted(LLAMA_VARIANTS))
@@ -36,7 +29,7 @@ def test_logits_match_hf(tmp_path, variant, left):
     assert model.config.tie_word_embeddings == (variant == "tied_gqa")
     tokens, mask = padded_batch([11, 7, 3], 11, model.config.vocab_size, left=left)
     ours = np.asarray(model(jnp.asarray(tokens), jnp.asarray(mask)))
-    theirs = _hf_logits(hf_model, tokens, mask)
+    theirs = hf_logits(hf_model, tokens, mask)
     real = mask.astype(bool)
     err = np.abs(ours[real] - theirs[real]).max()
     assert err <= 1e-4, f"{variant}: max |Δlogits| = {err}"
@@ -190,5 +183,5 @@ def test_sharded_safetensors_index_loads(tmp_path):
     model = load_llama(tmp_path)
     tokens, mask = padded_batch([5, 5], 5, 128, left=True)
     err = np.abs(np.asarray(model(jnp.asarray(tokens), jnp.asarray(mask)))
-                 - _hf_logits(hf_model, tokens, mask)).max()
+                 - hf_logits(hf_model, tokens, mask)).max()
     assert err <= 1e-4
