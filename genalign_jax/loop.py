@@ -214,7 +214,6 @@ class Trainer:
         return {"ppo": self.ppo_state.checkpoint_items(), "reward_norm": self.reward_norm}
 
     def _resume(self) -> None:
-        from genalign_jax import ppo
         epoch = self.checkpointer.latest_epoch()
         if epoch is None:
             raise FileNotFoundError(f"--resume: no checkpoint_epoch_* in {self.run_dir}")

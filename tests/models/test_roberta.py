@@ -19,8 +19,7 @@ from flax import nnx
 
 from genalign_jax.models import hf_weights, roberta
 from genalign_jax.models.encoder_hf import load_encoder_classifier
-from tests.hf_fixtures import (BERT_SPECIALS, ROBERTA_SPECIALS, TINY_ENCODER, make_tiny_hf_encoder,
-                               make_tiny_tokenizer)
+from tests.hf_fixtures import (TINY_ENCODER, make_tiny_hf_encoder)
 from genalign_jax.models.roberta import (create_encoder_classifier, encoder_positions,
                                          from_hf_config, get_preset)
 
