@@ -145,6 +145,7 @@ class Trainer:
         self.mesh = builders.build_mesh(c)
         self.data = builders.build_data(c)
         self.num_labels = self.data.spec.num_labels
+        self._eval_cache: dict[bool, tuple[list[str], np.ndarray]] = {}
         self.model, self.tokenizer = builders.build_generator(c, self.mesh)
         self.sampling = builders.build_sampling_config(c, self.tokenizer)
         self.pretrained_classifier = builders.build_classifier(c, self.num_labels, self.mesh)
@@ -265,13 +266,19 @@ class Trainer:
         return Rollouts(prompts, samples, completions, parse, generated,
                         time.perf_counter() - start, truncated)
 
+    def _eval_set(self, test: bool) -> tuple[list[str], np.ndarray]:
+        """Texts and labels of the golden (or test) split, read from the dataset once."""
+        if test not in self._eval_cache:
+            split = self.data.splits.test if test else self.data.splits.golden
+            self._eval_cache[test] = (list(split["text"][:]), np.asarray(split["label"][:]))
+        return self._eval_cache[test]
+
     def train_and_score(self, texts: list[str], labels: list[int], key: jax.Array,
                         test: bool = False) -> tuple[Any, dict[str, float]]:
         """Fine-tunes a fresh classifier on ``texts`` and scores it on golden (or test) data."""
         from genalign_jax import classifier as clf
 
-        split = self.data.splits.test if test else self.data.splits.golden
-        gold_texts, gold_labels = list(split["text"][:]), np.asarray(split["label"][:])
+        gold_texts, gold_labels = self._eval_set(test)
         if len(texts) == 0:
             log.warning("no usable synthetic examples: scoring an untrained classifier")
             trained = self.pretrained_classifier
