@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from genalign_jax import sharding as sharding_lib
 from genalign_jax import text_batching as tb
-from genalign_jax.models import encoder_hf, hf_weights
+from genalign_jax import hf_checkpoint
+from genalign_jax.models import encoder_hf
 from genalign_jax.models.roberta import (PRESETS, EncoderClassifier, EncoderConfig,
                                          create_encoder_classifier, get_preset, init_head_state)
 
@@ -244,7 +245,7 @@ def load_pretrained_classifier(name_or_path: str | os.PathLike, num_labels: int 
             overrides["num_labels"] = int(num_labels)
         return build_classifier(get_preset(name, **overrides), tokenizer, seed=seed, mesh=mesh,
                                 max_length=max_length, source=name)
-    folder = hf_weights.resolve_checkpoint(name)
+    folder = hf_checkpoint.resolve_checkpoint(name)
     mesh = _resolve_mesh(mesh)
     model, report = encoder_hf.load_encoder_classifier(folder, num_labels, mesh=mesh, seed=seed,
                                                        **config_overrides)

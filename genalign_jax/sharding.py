@@ -35,6 +35,7 @@ __all__ = [
     "spec_for",
     "state_shardings",
     "shard_state",
+    "batch_multiple",
     "batch_sharding",
     "constrain_batch",
     "maybe_initialize_distributed",
@@ -152,6 +153,16 @@ def state_shardings(state: Any, mesh: Mesh,
 def shard_state(state: Any, mesh: Mesh, rules: Sequence[tuple[str, P]] = LLAMA_RULES) -> Any:
     """Moves every array in ``state`` onto its rule-given sharding."""
     return jax.device_put(state, state_shardings(state, mesh, rules))
+
+
+def batch_multiple(mesh: Mesh | None) -> int:
+    """How many devices split a batch's rows (``data`` x ``fsdp``); 1 without a mesh.
+
+    Batches whose row count is a multiple of this shard evenly over the batch axes.
+    """
+    if mesh is None:
+        return 1
+    return math.prod(mesh.shape.get(name, 1) for name in BATCH_AXES)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -5,7 +5,7 @@ masked-LM checkpoints (``roberta-base``: the LM head is ignored) and
 sequence-classification checkpoints (the head is loaded when its number of
 labels matches).  When the checkpoint has no usable head a fresh one is
 initialised; a BERT checkpoint without a pooler gets a fresh pooler.  Tensors
-stream through the shared loader in ``hf_weights`` onto their final sharding.
+stream through the shared loader in ``hf_checkpoint`` onto their final sharding.
 ``pytorch_model.bin``-only folders are rejected with a hint to convert them to
 safetensors (reading them needs torch).
 """
@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
 from genalign_jax import sharding as sharding_lib
-from genalign_jax.models import hf_weights
+from genalign_jax import hf_checkpoint
 from genalign_jax.models.roberta import (EncoderClassifier, EncoderConfig, abstract_state,
                                          from_hf_config, init_head_state, init_pooler_state)
 
@@ -64,47 +64,47 @@ def checkpoint_prefix(checkpoint: Any, config: EncoderConfig) -> str:
     for prefix in (family, "roberta.", "bert.", ""):
         if f"{prefix}embeddings.word_embeddings.weight" in checkpoint:
             return prefix
-    raise hf_weights.CheckpointError(
+    raise hf_checkpoint.CheckpointError(
         "checkpoint has no encoder embeddings (looked for 'embeddings.word_embeddings.weight' "
         "with prefixes 'roberta.', 'bert.' and none)")
 
 
 def encoder_checkpoint_map(config: EncoderConfig, prefix: str,
-                           with_pooler: bool) -> dict[str, hf_weights.TensorSpec]:
+                           with_pooler: bool) -> dict[str, hf_checkpoint.TensorSpec]:
     """Our ``encoder/...`` parameter paths → HF tensor names (``[out, in]`` weights transposed)"""
     spec = {
-        "encoder/embeddings/word_embeddings": hf_weights.TensorSpec(
+        "encoder/embeddings/word_embeddings": hf_checkpoint.TensorSpec(
             f"{prefix}embeddings.word_embeddings.weight"),
-        "encoder/embeddings/position_embeddings": hf_weights.TensorSpec(
+        "encoder/embeddings/position_embeddings": hf_checkpoint.TensorSpec(
             f"{prefix}embeddings.position_embeddings.weight"),
-        "encoder/embeddings/token_type_embeddings": hf_weights.TensorSpec(
+        "encoder/embeddings/token_type_embeddings": hf_checkpoint.TensorSpec(
             f"{prefix}embeddings.token_type_embeddings.weight"),
-        "encoder/embeddings/norm/scale": hf_weights.TensorSpec(
+        "encoder/embeddings/norm/scale": hf_checkpoint.TensorSpec(
             f"{prefix}embeddings.LayerNorm.weight"),
-        "encoder/embeddings/norm/bias": hf_weights.TensorSpec(
+        "encoder/embeddings/norm/bias": hf_checkpoint.TensorSpec(
             f"{prefix}embeddings.LayerNorm.bias"),
     }
     for ours, theirs in _LAYER_TENSORS.items():
-        spec[f"encoder/layers/{ours}/kernel"] = hf_weights.TensorSpec(
+        spec[f"encoder/layers/{ours}/kernel"] = hf_checkpoint.TensorSpec(
             f"{prefix}{_LAYER}{theirs}.weight", transform=np.transpose, stacked=True)
-        spec[f"encoder/layers/{ours}/bias"] = hf_weights.TensorSpec(
+        spec[f"encoder/layers/{ours}/bias"] = hf_checkpoint.TensorSpec(
             f"{prefix}{_LAYER}{theirs}.bias", stacked=True)
     for ours, theirs in _LAYER_NORMS.items():
-        spec[f"encoder/layers/{ours}/scale"] = hf_weights.TensorSpec(
+        spec[f"encoder/layers/{ours}/scale"] = hf_checkpoint.TensorSpec(
             f"{prefix}{_LAYER}{theirs}.weight", stacked=True)
-        spec[f"encoder/layers/{ours}/bias"] = hf_weights.TensorSpec(
+        spec[f"encoder/layers/{ours}/bias"] = hf_checkpoint.TensorSpec(
             f"{prefix}{_LAYER}{theirs}.bias", stacked=True)
     if with_pooler:
-        spec["encoder/pooler/kernel"] = hf_weights.TensorSpec(
+        spec["encoder/pooler/kernel"] = hf_checkpoint.TensorSpec(
             f"{prefix}pooler.dense.weight", transform=np.transpose)
-        spec["encoder/pooler/bias"] = hf_weights.TensorSpec(f"{prefix}pooler.dense.bias")
+        spec["encoder/pooler/bias"] = hf_checkpoint.TensorSpec(f"{prefix}pooler.dense.bias")
     return spec
 
 
-def head_checkpoint_map(config: EncoderConfig) -> dict[str, hf_weights.TensorSpec]:
+def head_checkpoint_map(config: EncoderConfig) -> dict[str, hf_checkpoint.TensorSpec]:
     """``head/...`` paths → tensors of ``RobertaForSequenceClassification`` / ``BertFor...``."""
     if config.head_type == "roberta":
-        t = hf_weights.TensorSpec
+        t = hf_checkpoint.TensorSpec
         return {
             "head/dense/kernel": t("classifier.dense.weight", np.transpose),
             "head/dense/bias": t("classifier.dense.bias"),
@@ -112,8 +112,8 @@ def head_checkpoint_map(config: EncoderConfig) -> dict[str, hf_weights.TensorSpe
             "head/out_proj/bias": t("classifier.out_proj.bias"),
         }
     return {
-        "head/out_proj/kernel": hf_weights.TensorSpec("classifier.weight", np.transpose),
-        "head/out_proj/bias": hf_weights.TensorSpec("classifier.bias"),
+        "head/out_proj/kernel": hf_checkpoint.TensorSpec("classifier.weight", np.transpose),
+        "head/out_proj/bias": hf_checkpoint.TensorSpec("classifier.bias"),
     }
 
 
@@ -177,7 +177,7 @@ def load_encoder_classifier(name_or_path: str | os.PathLike, num_labels: int | N
     """
     if num_labels is not None:
         config_overrides["num_labels"] = int(num_labels)
-    checkpoint, config = hf_weights.open_model_source(name_or_path, checkpoint, config,
+    checkpoint, config = hf_checkpoint.open_model_source(name_or_path, checkpoint, config,
                                                       from_hf_config, config_overrides,
                                                       "load_encoder_classifier")
     prefix = checkpoint_prefix(checkpoint, config)
@@ -195,7 +195,7 @@ def load_encoder_classifier(name_or_path: str | os.PathLike, num_labels: int | N
         ignore.append(r"^classifier\.")
     to_load = _subset(abstract, spec)
     load_shardings = None if shardings is None else _subset(shardings, spec)
-    loaded = hf_weights.load_into_state(to_load, checkpoint, spec, shardings=load_shardings,
+    loaded = hf_checkpoint.load_into_state(to_load, checkpoint, spec, shardings=load_shardings,
                                         num_layers=config.num_layers, ignore_unused=ignore)
     key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
     head_key, pooler_key = jax.random.split(key)

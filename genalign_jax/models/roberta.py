@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from genalign_jax.models.hf_weights import read_hf_config
+from genalign_jax.hf_checkpoint import read_hf_config
 
 from genalign_jax.sharding import constrain_batch, param_path
 

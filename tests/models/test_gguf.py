@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genalign_jax.models.hf_weights import CheckpointError
+from genalign_jax.hf_checkpoint import CheckpointError
 from genalign_jax.models.llama import (RopeScaling, from_hf_config, get_preset,
                                        rope_inverse_frequencies)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genalign_jax.models import hf_weights
+from genalign_jax import hf_checkpoint
 from genalign_jax.models.llama import (KVCache, Llama, default_positions, from_hf_config,
                                        get_preset)
 from genalign_jax.models.llama_hf import load_llama
@@ -143,14 +143,14 @@ def _rewrite_safetensors(folder, edit):
 def test_missing_key_is_named(tmp_path):
     make_tiny_hf_llama(tmp_path)
     _rewrite_safetensors(tmp_path, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(hf_weights.CheckpointError, match=r"missing 1 tensor.*layers\.1\.mlp\.up_proj"):
+    with pytest.raises(hf_checkpoint.CheckpointError, match=r"missing 1 tensor.*layers\.1\.mlp\.up_proj"):
         load_llama(tmp_path)
 
 
 def test_unexpected_key_is_named(tmp_path):
     make_tiny_hf_llama(tmp_path)
     _rewrite_safetensors(tmp_path, lambda t: t.update(extra=np.zeros(3, np.float32)))
-    with pytest.raises(hf_weights.CheckpointError, match="unexpected tensor.*extra"):
+    with pytest.raises(hf_checkpoint.CheckpointError, match="unexpected tensor.*extra"):
         load_llama(tmp_path)
 
 
@@ -158,7 +158,7 @@ def test_shape_mismatch_is_named(tmp_path):
     make_tiny_hf_llama(tmp_path)
     _rewrite_safetensors(tmp_path, lambda t: t.update(
         {"model.norm.weight": np.zeros(65, np.float32)}))
-    with pytest.raises(hf_weights.CheckpointError,
+    with pytest.raises(hf_checkpoint.CheckpointError,
                        match=r"model\.norm\.weight.*expected shape \(64,\).*found \(65,\)"):
         load_llama(tmp_path)
 

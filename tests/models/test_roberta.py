@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genalign_jax.models import hf_weights, roberta
+from genalign_jax import hf_checkpoint
+from genalign_jax.models import roberta
 from genalign_jax.models.encoder_hf import load_encoder_classifier
 from tests.hf_fixtures import (TINY_ENCODER, make_tiny_hf_encoder)
 from genalign_jax.models.roberta import (create_encoder_classifier, encoder_positions,
@@ -161,7 +162,7 @@ def test_loader_errors_are_clear(tmp_path):
     tensors = load_file(tmp_path / "model.safetensors")
     tensors.pop("roberta.encoder.layer.1.output.dense.weight")
     save_file(tensors, tmp_path / "model.safetensors")
-    with pytest.raises(hf_weights.CheckpointError, match=r"layer\.1\.output\.dense\.weight"):
+    with pytest.raises(hf_checkpoint.CheckpointError, match=r"layer\.1\.output\.dense\.weight"):
         load_encoder_classifier(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
