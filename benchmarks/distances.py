@@ -111,7 +111,7 @@ def run_worker(task: str, impl: str, args: argparse.Namespace, sample_path: str)
     if impl == "ours":
         import jax
 
-        from genalign_jax.metrics import class_distance_metrics, pairwise_distances
+        from genalign_jax.reward import class_distance_metrics, pairwise_distances
 
         xj = jax.device_put(x)
         if task == "class_metrics":

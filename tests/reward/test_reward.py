@@ -200,7 +200,7 @@ def test_config_validation():
 
 
 def test_terms_from_class_metrics():
-    from genalign_jax.metrics import class_distance_metrics
+    from genalign_jax.reward import class_distance_metrics
 
     x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
     y = np.array([0, 0, 1, 2])  # classes 1 and 2 are singletons, class 3 is empty

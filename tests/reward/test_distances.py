@@ -12,7 +12,7 @@ import pytest
 from scipy.spatial.distance import cdist
 from sklearn.metrics import pairwise_distances as sk_pairwise
 
-from genalign_jax.metrics import class_distance_metrics, default_snap_tol, pairwise_distances
+from genalign_jax.reward import class_distance_metrics, default_snap_tol, pairwise_distances
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 RTOL = 1e-5
@@ -231,7 +231,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
     """
     import numpy as np, jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from genalign_jax.metrics import class_distance_metrics, pairwise_distances
+    from genalign_jax.reward import class_distance_metrics, pairwise_distances
     assert jax.device_count() == 4, jax.devices()
     mesh = Mesh(np.array(jax.devices()), ("data",))
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 
 Each epoch the loop hands :func:`compute_reward` the classifier's golden loss (cross-entropy on real
 data) and the class-distance metrics of the synthetic batch (see
-:mod:`genalign_jax.metrics.distances`). It returns a scalar reward for the epoch, a per-sample
+:mod:`genalign_jax.reward.class_metrics`). It returns a scalar reward for the epoch, a per-sample
 reward vector for PPO, the updated normaliser state and a flat dict of every term for TensorBoard.
 
 Signs and default weights (the original system leaves them to the config; ours are explicit)::
@@ -22,29 +22,6 @@ Signs and default weights (the original system leaves them to the config; ours a
 The distance terms are regularisers of the golden objective, hence 1/4 of its weight (after
 normalisation all terms are on the same z-score scale, so weights are relative importances).
 
-Per-sample credit (``RewardConfig.credit``):
-
-* ``broadcast``: one classifier per epoch; every sample gets the batch's golden term. Cheapest, but
-  the golden term is the same for all samples, so within a batch only the per-sample distance terms
-  (and PPO's KL penalty) tell good samples from bad ones; the golden signal only moves across epochs.
-* ``groups``: the rollout batch is split into ``num_groups`` groups, each trains its own classifier,
-  and a sample gets its group's golden term (a scalar golden loss, e.g. when too few samples were
-  kept to split, is broadcast with a warning). Gives within-batch contrast on the main objective at
-  ``num_groups``× the classifier cost, and each classifier sees only ``N/G`` samples, so the golden
-  losses are noisier and biased upwards. A few groups (2–8) is the usual compromise.
-
-In both modes the per-sample distance terms (``per_sample_inter``/``per_sample_intra``: each
-sample's mean distance to other classes / its own class) are added when
-``per_sample_distance=True``; otherwise the batch distance terms are broadcast too.
-
-Normalisation: each term keeps running statistics (Welford/Chan, float64 on the host). Statistics
-are updated with the current values *first*, then the values are standardised ``(x − mean) / std``
-(``std`` is taken as 1 until a term has 2 observations, so the first epoch's scalar terms are 0),
-then optionally clipped to ``[-clip, clip]``. The golden statistics see one value per epoch
-(broadcast) or one per group (groups); the per-sample statistics see every valid sample.
-The state is a pytree of NumPy arrays (checkpoint it with orbax) and round-trips through plain
-dicts (:meth:`RewardNormalizerState.to_dict` / :meth:`~RewardNormalizerState.from_dict`).
-
 Every input is checked on the host: NaN or inf raises ``ValueError`` naming the term.
 """
 
@@ -52,172 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from flax import struct
+
+from genalign_jax.reward.config import (GOLDEN, INTER, INTRA, PS_INTER, PS_INTRA,
+                                        TERM_NAMES, RewardConfig)
+from genalign_jax.reward.credit import group_assignments
+from genalign_jax.reward.normalizer import RewardNormalizerState, RunningStats, _f64
 
 logger = logging.getLogger(__name__)
-
-GOLDEN = "golden_loss"
-INTER = "inter"
-INTRA = "intra"
-PS_INTER = "per_sample_inter"
-PS_INTRA = "per_sample_intra"
-TERM_NAMES: tuple[str, ...] = (GOLDEN, INTER, INTRA, PS_INTER, PS_INTRA)
-CREDIT_MODES: tuple[str, ...] = ("broadcast", "groups")
-
-
-@dataclasses.dataclass(frozen=True)
-class RewardConfig:
-    """Weights, credit assignment and normalisation of the reward (see module docstring).
-
-    Attributes:
-      golden_loss_weight: weight of the golden loss; negative because lower loss is better.
-      inter_weight: weight of inter-class distance; positive rewards separated classes.
-      intra_weight: weight of intra-class distance; positive rewards diversity within a class.
-      credit: ``"broadcast"`` or ``"groups"`` per-sample golden credit.
-      num_groups: number of groups (classifiers) per batch when ``credit == "groups"`` (>= 2).
-      per_sample_distance: per-sample rewards use each sample's own distance terms (else the
-        batch distance terms are broadcast).
-      normalize: standardise every term with its running mean/std.
-      clip: clip each (normalised) term to ``[-clip, clip]``; ``None`` disables.
-      eps: added to the running std before dividing.
-    """
-
-    golden_loss_weight: float = -1.0
-    inter_weight: float = 0.25
-    intra_weight: float = 0.25
-    credit: Literal["broadcast", "groups"] = "broadcast"
-    num_groups: int = 1
-    per_sample_distance: bool = True
-    normalize: bool = True
-    clip: float | None = 5.0
-    eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        for name in ("golden_loss_weight", "inter_weight", "intra_weight"):
-            if not math.isfinite(float(getattr(self, name))):
-                raise ValueError(f"RewardConfig.{name} must be finite, got {getattr(self, name)}")
-        if self.credit not in CREDIT_MODES:
-            raise ValueError(f"RewardConfig.credit must be one of {CREDIT_MODES}, got {self.credit!r}")
-        if self.credit == "groups" and int(self.num_groups) < 2:
-            raise ValueError(f"credit='groups' needs num_groups >= 2, got {self.num_groups}")
-        if int(self.num_groups) < 1:
-            raise ValueError(f"RewardConfig.num_groups must be >= 1, got {self.num_groups}")
-        if self.clip is not None and not float(self.clip) > 0:
-            raise ValueError(f"RewardConfig.clip must be > 0 or None, got {self.clip}")
-        if not float(self.eps) > 0:
-            raise ValueError(f"RewardConfig.eps must be > 0, got {self.eps}")
-        if self.golden_loss_weight > 0:
-            logger.warning(
-                "golden_loss_weight=%s > 0 rewards a HIGHER golden loss; use a negative weight "
-                "unless that is intended", self.golden_loss_weight,
-            )
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> RewardConfig:
-        """Build from a dict / ``ml_collections.ConfigDict``; unknown keys raise ``ValueError``."""
-        cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown RewardConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**cfg)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (for logging hparams and configs)."""
-        return dataclasses.asdict(self)
-
-
-def _f64(x: Any) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64)
-
-
-@struct.dataclass
-class RunningStats:
-    """Running count / mean / sum of squared deviations (Welford, merged per batch à la Chan).
-
-    Leaves are float64 NumPy scalars, so the statistics stay exact over long runs; the object is a
-    pytree and can be saved with orbax. ``variance`` is the population variance (``ddof=0``,
-    like ``np.var``).
-    """
-
-    count: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-
-    @classmethod
-    def zeros(cls) -> RunningStats:
-        """Empty statistics."""
-        return cls(count=_f64(0.0), mean=_f64(0.0), m2=_f64(0.0))
-
-    def update(self, values: Any) -> RunningStats:
-        """Return the statistics after observing every element of ``values`` (no-op if empty)."""
-        x = _f64(values).reshape(-1)
-        if x.size == 0:
-            return self
-        n_b, mean_b = float(x.size), float(x.mean())
-        m2_b = float(np.sum((x - mean_b) ** 2))
-        n_a, mean_a, m2_a = float(self.count), float(self.mean), float(self.m2)
-        n = n_a + n_b
-        delta = mean_b - mean_a
-        mean = mean_a + delta * n_b / n
-        m2 = m2_a + m2_b + delta * delta * n_a * n_b / n
-        return RunningStats(count=_f64(n), mean=_f64(mean), m2=_f64(m2))
-
-    @property
-    def variance(self) -> float:
-        """Population variance of everything observed (0 before 2 observations)."""
-        return float(self.m2 / self.count) if float(self.count) >= 2 else 0.0
-
-    @property
-    def std(self) -> float:
-        """Standard deviation used for normalising: 1.0 until 2 observations exist."""
-        return math.sqrt(self.variance) if float(self.count) >= 2 else 1.0
-
-    def normalize(self, values: Any, eps: float = 1e-8) -> np.ndarray:
-        """Standardise ``values`` with the current mean and std: ``(x − mean) / (std + eps)``."""
-        return (_f64(values) - float(self.mean)) / (self.std + eps)
-
-    def to_dict(self) -> dict[str, np.ndarray]:
-        """Plain dict of float64 arrays."""
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunningStats:
-        """Inverse of :meth:`to_dict` (accepts floats, NumPy or jax arrays)."""
-        return cls(count=_f64(d["count"]), mean=_f64(d["mean"]), m2=_f64(d["m2"]))
-
-
-@struct.dataclass
-class RewardNormalizerState:
-    """One :class:`RunningStats` per reward term (names as in :data:`TERM_NAMES`)."""
-
-    golden_loss: RunningStats
-    inter: RunningStats
-    intra: RunningStats
-    per_sample_inter: RunningStats
-    per_sample_intra: RunningStats
-
-    @classmethod
-    def init(cls) -> RewardNormalizerState:
-        """Fresh state with no observations."""
-        return cls(**{name: RunningStats.zeros() for name in TERM_NAMES})
-
-    def to_dict(self) -> dict[str, dict[str, np.ndarray]]:
-        """Nested plain dict, e.g. for ``ocp.args.StandardSave`` or JSON (after ``.tolist()``)."""
-        return {name: getattr(self, name).to_dict() for name in TERM_NAMES}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Mapping[str, Any]]) -> RewardNormalizerState:
-        """Restore from :meth:`to_dict` output (e.g. an orbax restore without a target)."""
-        missing = [name for name in TERM_NAMES if name not in d]
-        if missing:
-            raise ValueError(f"reward normaliser state is missing terms {missing}")
-        return cls(**{name: RunningStats.from_dict(d[name]) for name in TERM_NAMES})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +73,7 @@ class RewardTerms:
     def from_metrics(
         cls, golden_loss: Any, metrics: Any, group_ids: Any = None, sample_mask: Any = None
     ) -> RewardTerms:
-        """Terms from a golden loss and a :class:`~genalign_jax.metrics.ClassDistanceMetrics`."""
+        """Terms from a golden loss and a :class:`~genalign_jax.reward.ClassDistanceMetrics`."""
         return cls(
             golden_loss=golden_loss,
             inter=np.asarray(metrics.inter),
@@ -266,19 +87,6 @@ class RewardTerms:
             intra_valid=bool(metrics.intra_valid),
             sample_mask=sample_mask,
         )
-
-
-def group_assignments(num_samples: int, num_groups: int) -> np.ndarray:
-    """Contiguous, near-equal split of ``num_samples`` into ``num_groups`` groups (``np.array_split``).
-
-    The loop should train group ``g``'s classifier on exactly the samples with ``ids == g``.
-    """
-    if num_groups < 1 or num_samples < num_groups:
-        raise ValueError(f"cannot split {num_samples} samples into {num_groups} groups")
-    ids = np.empty(num_samples, np.int32)
-    for g, idx in enumerate(np.array_split(np.arange(num_samples), num_groups)):
-        ids[idx] = g
-    return ids
 
 
 def _check_finite(name: str, values: np.ndarray, mask: np.ndarray | None = None) -> None:
