@@ -1,1 +1,1 @@
-"""ml-collections configs, one file per dataset; see configs/base.py for every field."""
+"""ml-collections configs, one file per dataset; every field is documented in genalign_jax/config.py."""

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DEFAULT_LORA_TARGETS", "ValueHeadConfig", "PPOConfig"]
+__all__ = ["DEFAULT_LORA_TARGETS", "ValueHeadConfig", "PPOConfig", "check_field_types"]
 
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -22,8 +22,12 @@ def _fail(owner: str, name: str, message: str) -> None:
     raise ValueError(f"{owner}.{name} {message}")
 
 
-def _check_types(obj: Any) -> None:
-    """Coerces ints to floats where a float is expected and rejects wrong types."""
+def check_field_types(obj: Any) -> None:
+    """Checks a dataclass's ``float``/``int``/``bool``/``str`` fields against their annotations.
+
+    Coerces ints to floats where a float is expected (and integral floats to ints); any other
+    mismatch raises ``ValueError`` naming ``<Class>.<field>``.  Call it from ``__post_init__``.
+    """
     owner = type(obj).__name__
     for field in dataclasses.fields(obj):
         value = getattr(obj, field.name)
@@ -81,7 +85,7 @@ class ValueHeadConfig:
     stop_gradient: bool = False
 
     def __post_init__(self):
-        _check_types(self)
+        check_field_types(self)
         if self.critic not in ("shared", "separate"):
             _fail("ValueHeadConfig", "critic",
                   f"must be 'shared' or 'separate', got {self.critic!r}")
@@ -178,7 +182,7 @@ class PPOConfig:
     value_head: ValueHeadConfig = dataclasses.field(default_factory=ValueHeadConfig)
 
     def __post_init__(self):
-        _check_types(self)
+        check_field_types(self)
         name = "PPOConfig"
         for field in ("ppo_epochs", "num_minibatches", "kl_horizon", "lora_rank"):
             if getattr(self, field) < 1:
