@@ -11,7 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from genalign_jax.ppo.gae import masked_mean
+from genalign_jax.ppo.gae import masked_mean, masked_var
 
 __all__ = [
     "completion_logprobs",
@@ -108,8 +108,6 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mas
 
 def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
     """``1 − Var[R − V] / Var[R]`` over valid tokens (nan-free: 0 when Var[R] is 0)."""
-    def var(x):
-        mean = masked_mean(x, mask)
-        return masked_mean(jnp.square(x - mean), mask)
-    var_r = var(returns)
-    return jnp.where(var_r > 0, 1.0 - var(returns - values) / jnp.where(var_r > 0, var_r, 1.0), 0.0)
+    var_r = masked_var(returns, mask)
+    residual = masked_var(returns - values, mask)
+    return jnp.where(var_r > 0, 1.0 - residual / jnp.where(var_r > 0, var_r, 1.0), 0.0)

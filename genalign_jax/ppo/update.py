@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from genalign_jax.ppo.config import PPOConfig
-from genalign_jax.ppo.gae import masked_mean
+from genalign_jax.ppo.gae import masked_mean, masked_var
 from genalign_jax.ppo.kl import kl_estimate, update_kl_controller
 from genalign_jax.ppo.losses import explained_variance, policy_loss, value_loss
 from genalign_jax.ppo.policy import PPOProgram, evaluate
@@ -56,11 +56,6 @@ def ppo_loss(trainable: dict, program: PPOProgram, frozen: dict, batch: RolloutB
     return loss, metrics
 
 
-def _masked_std(x: jax.Array, mask: jax.Array) -> jax.Array:
-    mean = masked_mean(x, mask)
-    return jnp.sqrt(masked_mean(jnp.square(x - mean), mask))
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3, 4))
 def _update_program(program: PPOProgram, config: PPOConfig, frozen: dict, trainable: dict,
                     opt_state: Any, kl_state: Any, step: jax.Array, batch: RolloutBatch,
@@ -93,9 +88,9 @@ def _update_program(program: PPOProgram, config: PPOConfig, frozen: dict, traina
     metrics.update({
         "explained_variance": explained_variance(batch.values, batch.returns, mask),
         "returns_mean": masked_mean(batch.returns, mask),
-        "returns_std": _masked_std(batch.returns, mask),
+        "returns_std": jnp.sqrt(masked_var(batch.returns, mask)),
         "advantages_mean": masked_mean(batch.advantages, mask),
-        "advantages_std": _masked_std(batch.advantages, mask),
+        "advantages_std": jnp.sqrt(masked_var(batch.advantages, mask)),
         "values_mean": masked_mean(batch.values, mask),
         "score_mean": jnp.mean(batch.scores),
         "rollout_kl": rollout_kl,
