@@ -18,10 +18,18 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx, struct
+
+from genalign_jax import ppo
+from genalign_jax import sharding as sharding_lib
+from genalign_jax.config import ConfigError
+from genalign_jax.reward import RewardNormalizerState
+from genalign_jax.run.components import Components
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_PREFIX", "RunCheckpointer", "parse_checkpoint_path"]
+__all__ = ["CHECKPOINT_PREFIX", "RunCheckpointer", "TrainState", "init_train_state",
+           "restore_train_state", "load_policy", "parse_checkpoint_path"]
 
 CHECKPOINT_PREFIX = "checkpoint_epoch"
 
@@ -31,7 +39,7 @@ def parse_checkpoint_path(path: str | os.PathLike) -> tuple[Path, int]:
     path = Path(path)
     match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_(\d+)", path.name)
     if match is None:
-        raise ValueError(f"checkpoint path {path} does not end in {CHECKPOINT_PREFIX}_<epoch>")
+        raise ConfigError(f"checkpoint path {path} does not end in {CHECKPOINT_PREFIX}_<epoch>")
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return path.parent, int(match.group(1))
@@ -40,12 +48,13 @@ def parse_checkpoint_path(path: str | os.PathLike) -> tuple[Path, int]:
 class RunCheckpointer:
     """Saves and restores the run state every ``every_epochs`` epochs, keeping ``max_to_keep``."""
 
-    def __init__(self, run_dir: str | os.PathLike, max_to_keep: int = 3, every_epochs: int = 1):
+    def __init__(self, run_dir: str | os.PathLike, max_to_keep: int = 3, every_epochs: int = 1,
+                 *, create: bool = True):
         if every_epochs < 1:
             raise ValueError(f"checkpoint.every_epochs must be >= 1, got {every_epochs}")
         self.run_dir = Path(run_dir).absolute()
         self.every_epochs = every_epochs
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                                step_prefix=CHECKPOINT_PREFIX)
         self._manager = ocp.CheckpointManager(self.run_dir, options=options)
 
@@ -92,3 +101,53 @@ class RunCheckpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+@struct.dataclass
+class TrainState:
+    """What a checkpoint holds besides its JSON meta: the PPO state and the reward normaliser."""
+
+    ppo: ppo.PPOState
+    reward_norm: RewardNormalizerState
+
+    def items(self) -> dict[str, Any]:
+        """The array pytree that is saved (and the restore target)."""
+        return {"ppo": self.ppo.checkpoint_items(), "reward_norm": self.reward_norm}
+
+
+def _on_mesh(state: ppo.PPOState, components: Components) -> ppo.PPOState:
+    """Places the PPO state's arrays with the mesh's rules (LoRA, value head, optimizer state and
+    scalars replicated), so updates return arrays of the same sharding and the sampler/update
+    programs are not recompiled after the first epoch."""
+    items = state.checkpoint_items()
+    return state.restore(jax.device_put(items, sharding_lib.state_shardings(items, components.mesh)))
+
+
+def init_train_state(components: Components) -> TrainState:
+    """Fresh LoRA adapters + value head on the generator (synced into it) and an empty normaliser."""
+    model, config = components.generator.model, components.config
+    state = _on_mesh(ppo.init_ppo_state(model, config.ppo, rngs=nnx.Rngs(config.seed + 1)),
+                     components)
+    ppo.sync_model(model, state)
+    return TrainState(ppo=state, reward_norm=RewardNormalizerState.init())
+
+
+def restore_train_state(checkpointer: RunCheckpointer, epoch: int, template: TrainState,
+                        components: Components) -> tuple[TrainState, dict[str, Any]]:
+    """Loads ``checkpoint_epoch_<epoch>`` onto ``template``'s structure; the policy is synced."""
+    restored, meta = checkpointer.restore(epoch, template.items())
+    state = TrainState(ppo=template.ppo.restore(restored["ppo"]),
+                       reward_norm=restored["reward_norm"])
+    ppo.sync_model(components.generator.model, state.ppo)
+    return state, meta
+
+
+def load_policy(components: Components, checkpoint: str | os.PathLike
+                ) -> tuple[TrainState, dict[str, Any]]:
+    """The trained policy of ``<run_dir>/checkpoint_epoch_N`` synced into the generator (read-only)."""
+    run_dir, epoch = parse_checkpoint_path(checkpoint)
+    checkpointer = RunCheckpointer(run_dir, create=False)
+    try:
+        return restore_train_state(checkpointer, epoch, init_train_state(components), components)
+    finally:
+        checkpointer.close()

@@ -18,7 +18,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunLogger"]
+__all__ = ["RunLogger", "flatten", "read_jsonl"]
 
 
 def _scalar(value: Any) -> float | None:
@@ -89,3 +89,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Reads ``metrics.jsonl`` back (used by tests, notebooks and evaluate)."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (config fields as TensorBoard hparams)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

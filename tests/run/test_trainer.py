@@ -1,4 +1,4 @@
-"""The closed loop on the tiny config: end to end, resume determinism, compile counts, errors."""
+"""The closed loop (genalign_jax.run.trainer) on the tiny config: end to end, resume determinism, compile counts, errors."""
 
 from __future__ import annotations
 
@@ -11,17 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs import sst2
+from genalign_jax.run.convergence import ConvergenceTracker
+from genalign_jax.run.logger import read_jsonl
+from genalign_jax.run.trainer import Trainer
 from tests.data import shared_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SST2 = shared_data_dir() / "sst2"
 pytestmark = pytest.mark.skipif(not (SST2 / "train.tsv").is_file(),
                                 reason=f"SST-2 files not found in {SST2} (set GENALIGN_DATA_DIR)")
 
 
 def _config(tmp_path, epochs=2, **overrides):
-    sys.path.insert(0, str(REPO))
-    from configs import sst2
     c = sst2.get_config("tiny")
     c.output_dir = str(tmp_path)
     c.data.data_dir = str(SST2)
@@ -40,8 +42,6 @@ def _comparable(row):
 
 @pytest.fixture(scope="module")
 def unbroken(tmp_path_factory):
-    from genalign_jax.loop import Trainer
-    from genalign_jax.run_logging import read_jsonl
     root = tmp_path_factory.mktemp("unbroken")
     c = _config(root, epochs=3, **{"loop.patience": 10})
     trainer = Trainer(c)
@@ -74,8 +74,6 @@ def test_unbroken_run_logs_every_term_and_compiles_nothing_after_epoch_1(unbroke
 
 
 def test_resumed_run_reproduces_the_unbroken_run(unbroken, tmp_path):
-    from genalign_jax.loop import Trainer
-    from genalign_jax.run_logging import read_jsonl
     _, _, reference = unbroken
     first = Trainer(_config(tmp_path, epochs=2, **{"loop.patience": 10}))
     first.run()
@@ -97,7 +95,6 @@ def test_resumed_run_reproduces_the_unbroken_run(unbroken, tmp_path):
 
 
 def test_convergence_stops_with_a_reason(tmp_path):
-    from genalign_jax.loop import ConvergenceTracker
     tracker = ConvergenceTracker("golden/accuracy", "max", patience=2, min_delta=0.01)
     assert not tracker.update(1, {"golden/accuracy": 0.5})
     assert not tracker.update(2, {"golden/accuracy": 0.505})   # below min_delta: 1 bad epoch

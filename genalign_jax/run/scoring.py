@@ -1,0 +1,114 @@
+"""Stage 2 of an epoch: kept examples → classifier → golden loss + embedding distances → rewards.
+
+``score_rollouts(components, rollouts, norm_state, key)`` fine-tunes a fresh classifier on the
+kept examples (one per group with ``reward.credit="groups"``) and scores it on the golden split;
+embeds the kept examples with the *pretrained* encoder (a fixed space, so distance terms are
+comparable across epochs); combines golden loss and distances into per-sample rewards; and gives
+rejected completions ``reward.invalid_reward``.  The distance program sees one static shape (the
+rollout count): kept rows are padded and masked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from genalign_jax import classifier as clf
+from genalign_jax import reward as reward_lib
+from genalign_jax.run.components import Components
+from genalign_jax.run.rollouts import Rollouts
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Scores", "train_and_score", "score_rollouts"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """Per-completion sequence rewards, the logged terms and the updated normaliser."""
+
+    rewards: np.ndarray
+    metrics: dict[str, float]
+    norm_state: reward_lib.RewardNormalizerState
+
+
+def train_and_score(components: Components, texts: list[str], labels: list[int], key: jax.Array,
+                    split: str = "golden") -> dict[str, float]:
+    """Fine-tunes a fresh classifier on ``texts`` and scores it on ``split`` (golden or test)."""
+    eval_texts, eval_labels = components.data.eval_set(split)
+    if len(texts) == 0:
+        log.warning("no usable synthetic examples: scoring an untrained classifier")
+        trained, stats = components.classifier, None
+    else:
+        trained, stats = clf.train_classifier(components.classifier, texts, labels,
+                                              components.classifier_config, key)
+    result = clf.evaluate(trained, eval_texts, eval_labels,
+                          batch_size=components.config.classifier.eval_batch_size)
+    out = {"loss": result.loss, "accuracy": result.accuracy, "macro_f1": result.macro_f1}
+    out.update({f"acc_class{i}": float(a) for i, a in enumerate(result.per_class_accuracy)})
+    if stats is not None:
+        out["train_loss"] = stats.final_loss
+        out["train_examples_per_s"] = stats.examples_per_second
+    return out
+
+
+def _golden_terms(components: Components, texts: list[str], labels: np.ndarray,
+                  key: jax.Array) -> tuple[Any, np.ndarray | None, dict[str, float]]:
+    """The golden loss per the credit mode: ``(golden_loss, group ids or None, metrics)``."""
+    rc = components.config.reward
+    if rc.credit == "groups" and len(texts) >= rc.num_groups:
+        groups = reward_lib.group_assignments(len(texts), rc.num_groups)
+        losses, accs = [], []
+        for g in range(rc.num_groups):
+            rows = np.flatnonzero(groups == g)
+            score = train_and_score(components, [texts[i] for i in rows], labels[rows].tolist(),
+                                    jax.random.fold_in(key, g))
+            losses.append(score["loss"])
+            accs.append(score["accuracy"])
+        return np.asarray(losses), groups, {"golden/loss": float(np.mean(losses)),
+                                            "golden/accuracy": float(np.mean(accs))}
+    score = train_and_score(components, texts, labels.tolist(), key)
+    return score["loss"], None, {f"golden/{k}": v for k, v in score.items()}
+
+
+def _pad(values: np.ndarray, size: int) -> np.ndarray:
+    padded = np.zeros((size, *values.shape[1:]), values.dtype)
+    padded[:len(values)] = values
+    return padded
+
+
+def score_rollouts(components: Components, rollouts: Rollouts,
+                   norm_state: reward_lib.RewardNormalizerState, key: jax.Array) -> Scores:
+    """Per-completion rewards and every golden/distance/reward term (see the module docstring)."""
+    rc, parse = components.config.reward, rollouts.parse
+    texts, labels = parse.kept_texts, np.asarray(parse.kept_labels, np.int64)
+    start = time.perf_counter()
+    golden_loss, groups, metrics = _golden_terms(components, texts, labels, key)
+    metrics["time/classifier_s"] = time.perf_counter() - start
+    rewards = np.full(len(rollouts.completions), rc.invalid_reward, np.float32)
+    if len(texts) >= 2:
+        n, size = len(texts), len(rollouts.completions)
+        start = time.perf_counter()
+        emb = clf.embed(components.classifier, texts,
+                        pooling=components.config.classifier.embedding_pooling)
+        metrics["time/embed_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        valid = np.arange(size) < n
+        dist = reward_lib.class_distance_metrics(
+            _pad(emb.astype(np.float32), size), _pad(labels, size), components.data.num_labels,
+            metric=rc.distance_metric, mask=valid)
+        terms = reward_lib.RewardTerms.from_metrics(
+            golden_loss, dist, group_ids=None if groups is None else _pad(groups, size),
+            sample_mask=valid)
+        scalar, per_sample, norm_state, info = reward_lib.compute_reward(terms, rc, norm_state)
+        metrics["time/distances_s"] = time.perf_counter() - start
+        rewards[np.asarray(parse.kept_indices)] = per_sample[:n]
+        metrics.update(info)
+        metrics["reward/epoch_scalar"] = float(scalar)
+    metrics["reward/sequence_mean"] = float(rewards.mean())
+    return Scores(rewards, metrics, norm_state)
