@@ -28,7 +28,8 @@ from genalign_jax.reward.config import RewardConfig
 __all__ = [
     "ConfigError", "SamplingSection", "GeneratorSection", "ClassifierSection", "DataSection",
     "LoopSection", "MeshSection", "LoggingSection", "CheckpointSection", "RunConfig",
-    "base_config", "PPO_DERIVED_FIELDS",
+    "base_config", "PPO_DERIVED_FIELDS", "CONVERGENCE_METRICS", "RESUMABLE_FIELDS",
+    "config_differences",
 ]
 
 
@@ -151,6 +152,14 @@ class CheckpointSection(_Section):
     max_to_keep: int = 3
 
 
+# Metrics every epoch logs, whatever the outcome (credit="groups" logs golden loss/accuracy only).
+CONVERGENCE_METRICS = ("golden/loss", "golden/accuracy", "golden/macro_f1", "reward/sequence_mean",
+                       "gen/kept_fraction", "gen/num_kept", "gen/distinct_2", "ppo/rollout_kl")
+# Fields that may differ between a run and its resumption or evaluation (they do not change what
+# the run is); prefixes end in ".".
+RESUMABLE_FIELDS = ("loop.epochs", "loop.patience", "loop.min_delta", "loop.convergence_metric",
+                    "loop.convergence_mode", "logging.", "checkpoint.", "mesh.", "output_dir",
+                    "run_name", "data.data_dir", "classifier.eval_batch_size")
 PPO_DERIVED_FIELDS = ("temperature", "trainable", "lora_rank", "lora_alpha", "lora_targets")
 _SECTIONS: dict[str, type] = {
     "generator": GeneratorSection, "classifier": ClassifierSection, "data": DataSection,
@@ -270,9 +279,44 @@ class RunConfig:
         if d.min_words > d.max_words:
             raise ConfigError(f"config.data.min_words ({d.min_words}) must not exceed "
                               f"config.data.max_words ({d.max_words})")
+        allowed = CONVERGENCE_METRICS
+        if self.reward.credit == "groups":
+            allowed = tuple(m for m in allowed if m != "golden/macro_f1")
+        if lp.convergence_metric not in allowed:
+            raise ConfigError(f"config.loop.convergence_metric must be one of {allowed}, "
+                              f"got {lp.convergence_metric!r}")
         if self.reward.credit == "groups" and self.reward.num_groups > n:
             raise ConfigError(f"config.reward.num_groups ({self.reward.num_groups}) exceeds "
                               f"config.loop.rollouts_per_epoch ({n}): each group needs samples")
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_differences(stored: Mapping[str, Any], current: RunConfig
+                       ) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
+    """``(blocking, allowed)`` differences ``{field: (stored, current)}`` between a run's saved
+    config (its ``config.json`` / checkpoint meta) and ``current``.
+
+    Blocking differences change what the run is (dataset, models, LoRA shape, seeds, reward...);
+    allowed ones are :data:`RESUMABLE_FIELDS` (epochs, patience, logging, ...).
+    """
+    old, new = _flat(stored), _flat(current.to_dict())
+    blocking, allowed = {}, {}
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) == new.get(name):
+            continue
+        resumable = any(name == f or (f.endswith(".") and name.startswith(f))
+                        for f in RESUMABLE_FIELDS)
+        (allowed if resumable else blocking)[name] = (old.get(name), new.get(name))
+    return blocking, allowed
 
 
 def _reject_unknown(where: str, values: Mapping[str, Any], known: set[str]) -> None:

@@ -138,18 +138,35 @@ class SafetensorsCheckpoint:
             self._read_header(file)
 
     def _read_header(self, file: Path) -> None:
+        size = file.stat().st_size
         with open(file, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(header_len))
+            prefix = f.read(8)
+            header_len = int.from_bytes(prefix, "little")
+            if len(prefix) < 8 or header_len > size - 8:
+                raise CheckpointError(f"{file}: truncated safetensors file ({size} bytes, header "
+                                      f"claims {header_len})")
+            try:
+                header = json.loads(f.read(header_len))
+                if not isinstance(header, dict):
+                    raise ValueError("the header is not a JSON object")
+            except (ValueError, UnicodeDecodeError) as err:
+                raise CheckpointError(f"{file}: corrupt header ({err})") from None
         base = 8 + header_len
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            if info["dtype"] not in _SAFETENSORS_DTYPES:
-                raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {info['dtype']}")
-            start, end = info["data_offsets"]
-            self._tensors[name] = _TensorLocation(file, np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]),
-                                                  tuple(info["shape"]), base + start, base + end)
+            try:
+                dtype_name, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{file}: corrupt header entry for tensor {name}") from None
+            if dtype_name not in _SAFETENSORS_DTYPES:
+                raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {dtype_name}")
+            dtype = np.dtype(_SAFETENSORS_DTYPES[dtype_name])
+            if base + end > size or end - start != dtype.itemsize * int(np.prod(shape)):
+                raise CheckpointError(f"{file}: truncated or corrupt: tensor {name} needs bytes "
+                                      f"{base + start}..{base + end} of a {size}-byte file")
+            self._tensors[name] = _TensorLocation(file, dtype, tuple(shape), base + start,
+                                                  base + end)
 
     def keys(self) -> list[str]:
         return sorted(self._tensors)
@@ -185,7 +202,10 @@ def read_hf_config(config: str | os.PathLike | dict, what: str) -> tuple[dict, s
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} config not found: {path}")
     with open(path) as f:
-        return json.load(f), path
+        try:
+            return json.load(f), path
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: invalid JSON ({err})") from None
 
 
 def open_model_source(name_or_path: str | os.PathLike, checkpoint: Any, config: Any,
@@ -296,6 +316,11 @@ def load_into_state(abstract_state: Any, checkpoint: Any, spec: Mapping[str, Ten
 
 def _read(checkpoint, src: str, tspec: TensorSpec, expected: tuple, target: str) -> np.ndarray:
     value = np.asarray(checkpoint.get(src))
+    if (np.issubdtype(value.dtype, np.inexact) or value.dtype == ml_dtypes.bfloat16) \
+            and not np.isfinite(value).all():
+        bad = int((~np.isfinite(value)).sum())
+        raise CheckpointError(f"tensor {src} holds {bad} NaN/inf value(s) of {value.size}: the "
+                              "weights file is corrupt")
     if tspec.transform is not None:
         value = tspec.transform(value)
     if tuple(value.shape) != tuple(expected):

@@ -28,8 +28,26 @@ from genalign_jax.run.components import Components
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_PREFIX", "RunCheckpointer", "TrainState", "init_train_state",
-           "restore_train_state", "load_policy", "parse_checkpoint_path"]
+__all__ = ["CHECKPOINT_PREFIX", "CheckpointRestoreError", "NonFiniteStateError", "RunCheckpointer",
+           "TrainState", "init_train_state", "restore_train_state", "restore_latest",
+           "load_policy", "parse_checkpoint_path", "check_finite"]
+
+
+class CheckpointRestoreError(ValueError):
+    """A checkpoint exists but cannot be restored (damaged, or from a different model shape)."""
+
+
+class NonFiniteStateError(ValueError):
+    """NaN/inf in the training state: it is neither trained on nor saved."""
+
+
+def check_finite(tree: Any, what: str) -> None:
+    """Raises ``NonFiniteStateError`` naming the first leaves of ``tree`` with NaN/inf."""
+    bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+           if hasattr(leaf, "dtype") and jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact)
+           and not bool(jax.numpy.isfinite(leaf).all())]
+    if bad:
+        raise NonFiniteStateError(f"{what}: {len(bad)} array(s) hold NaN/inf, e.g. {bad[:3]}")
 
 CHECKPOINT_PREFIX = "checkpoint_epoch"
 
@@ -76,6 +94,8 @@ class RunCheckpointer:
         if epoch in self._manager.all_steps():
             log.warning("checkpoint for epoch %d exists; keeping the existing one", epoch)
             return self.path(epoch)
+        check_finite(state, f"the state of epoch {epoch} (not saved; the last good checkpoint "
+                            "is kept)")
         self._manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
@@ -88,8 +108,14 @@ class RunCheckpointer:
             raise FileNotFoundError(f"no checkpoint for epoch {epoch} in {self.run_dir} "
                                     f"(have {sorted(self._manager.all_steps())})")
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        restored = self._manager.restore(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        try:
+            restored = self._manager.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        except Exception as err:  # orbax raises many types (ValueError, KeyError, OSError, ...)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointRestoreError(f"{self.path(epoch)} cannot be restored (damaged, or "
+                                         f"saved with another model/LoRA shape): {first[:300]}"
+                                         ) from err
         return restored["state"], restored["meta"]
 
     def restore_meta(self, epoch: int) -> dict[str, Any]:
@@ -97,6 +123,14 @@ class RunCheckpointer:
         restored = self._manager.restore(epoch, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))
         return restored["meta"]
+
+    def set_aside(self, epoch: int) -> Path:
+        """Renames a damaged ``checkpoint_epoch_<epoch>`` to ``damaged_checkpoint_epoch_<epoch>``
+        (kept for inspection; a resumed run writes that epoch anew)."""
+        target = self.run_dir / f"damaged_{CHECKPOINT_PREFIX}_{epoch}"
+        self.path(epoch).rename(target)
+        self._manager.reload()
+        return target
 
     def close(self) -> None:
         self._manager.wait_until_finished()
@@ -140,6 +174,29 @@ def restore_train_state(checkpointer: RunCheckpointer, epoch: int, template: Tra
                        reward_norm=restored["reward_norm"])
     ppo.sync_model(components.generator.model, state.ppo)
     return state, meta
+
+
+def restore_latest(checkpointer: RunCheckpointer, template: TrainState, components: Components
+                   ) -> tuple[TrainState, dict[str, Any], int]:
+    """The newest checkpoint that restores; damaged newer ones are skipped with a warning."""
+    epochs = sorted(checkpointer.all_epochs(), reverse=True)
+    if not epochs:
+        raise FileNotFoundError(f"--resume: no {CHECKPOINT_PREFIX}_* in {checkpointer.run_dir}")
+    errors, damaged = [], []
+    for epoch in epochs:
+        try:
+            state, meta = restore_train_state(checkpointer, epoch, template, components)
+        except CheckpointRestoreError as err:
+            log.warning("skipping damaged checkpoint: %s", err)
+            errors.append(str(err))
+            damaged.append(epoch)
+            continue
+        for bad in damaged:
+            log.warning("moved the damaged checkpoint of epoch %d to %s", bad,
+                        checkpointer.set_aside(bad))
+        return state, meta, epoch
+    raise CheckpointRestoreError(f"no checkpoint of {checkpointer.run_dir} restores: "
+                                 + "; ".join(errors))
 
 
 def load_policy(components: Components, checkpoint: str | os.PathLike

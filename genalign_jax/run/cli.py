@@ -26,7 +26,8 @@ __all__ = ["USER_ERRORS", "setup_logging", "parse_flags", "train_main", "evaluat
 
 # What a user can cause and fix: reported in one line, exit code 2.
 USER_ERRORS = (ConfigError, DataFileError, DatasetUnavailableError, CheckpointError,
-               FileNotFoundError, FileExistsError)
+               ckpt.CheckpointRestoreError, ckpt.NonFiniteStateError, FileNotFoundError,
+               FileExistsError)
 
 
 def setup_logging() -> None:

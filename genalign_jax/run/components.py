@@ -126,6 +126,13 @@ def build_data(config: RunConfig) -> DataBundle:
         icl_copy_threshold=d.icl_copy_threshold)
     columns = {role: (list(getattr(splits, role)["text"][:]),
                       np.asarray(getattr(splits, role)["label"][:])) for role in ("golden", "test")}
+    for role in ("icl_pool", "golden", "test"):
+        present = set(np.asarray(getattr(splits, role)["label"][:]).tolist())
+        missing = [spec.label_names[i] for i in range(spec.num_labels) if i not in present]
+        if missing:
+            raise ConfigError(f"config.data ({spec.name}): the {role} split has no example of "
+                              f"label(s) {missing}; every label needs ICL, golden and test "
+                              "examples (check the data files and the split sizes)")
     log.info("data %s: %s", spec.name, splits.sizes())
     return DataBundle(spec, splits, builder, parse_config, columns["golden"], columns["test"])
 
@@ -178,6 +185,12 @@ def build_generator(config: RunConfig, mesh: Mesh | None = None) -> GeneratorBun
         raise
     except ValueError as err:
         raise ConfigError(f"config.generator: {err}") from err
+    g = config.generator
+    needed = g.max_prompt_tokens + g.sampling.max_new_tokens
+    if needed > model.config.max_position_embeddings:
+        raise ConfigError(f"config.generator.max_prompt_tokens ({g.max_prompt_tokens}) + "
+                          f"sampling.max_new_tokens ({g.sampling.max_new_tokens}) exceed the "
+                          f"model's {model.config.max_position_embeddings} positions")
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"the generator tokenizer has {len(tokenizer)} tokens but the model's "
                           f"vocabulary is {model.config.vocab_size}")

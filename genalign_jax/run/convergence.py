@@ -30,16 +30,19 @@ class ConvergenceTracker:
     def from_config(cls, loop: LoopSection) -> ConvergenceTracker:
         return cls(loop.convergence_metric, loop.convergence_mode, loop.patience, loop.min_delta)
 
-    def update(self, epoch: int, metrics: dict[str, Any]) -> bool:
-        """Records ``metrics[self.metric]``; returns True when the run has converged."""
+    def update(self, epoch: int, metrics: dict[str, Any], counts: bool = True) -> bool:
+        """Records ``metrics[self.metric]``; returns True when the run has converged.
+
+        ``counts=False`` (e.g. an epoch that kept no example) is a bad epoch whatever the value.
+        """
         if self.metric not in metrics:
             raise ConfigError(
                 f"config.loop.convergence_metric {self.metric!r} is not a logged metric; "
                 f"choose one of {sorted(metrics)}")
         value = float(metrics[self.metric])
         sign = 1.0 if self.mode == "max" else -1.0
-        if self.best is None or (math.isfinite(value) and
-                                 sign * (value - self.best) > self.min_delta):
+        if counts and math.isfinite(value) and (
+                self.best is None or sign * (value - self.best) > self.min_delta):
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
             self.bad_epochs += 1

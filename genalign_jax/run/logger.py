@@ -18,7 +18,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunLogger", "flatten", "read_jsonl"]
+__all__ = ["RunLogger", "flatten", "read_jsonl", "truncate_jsonl"]
 
 
 def _scalar(value: Any) -> float | None:
@@ -32,14 +32,24 @@ def _scalar(value: Any) -> float | None:
 class RunLogger:
     """Writes per-epoch scalars to TensorBoard and ``metrics.jsonl`` in ``run_dir``."""
 
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True,
+                 resume_epoch: int | None = None, write: bool = True):
+        """``resume_epoch``: the epoch a resumed run restored; later rows (and TensorBoard events)
+        written by the interrupted run are dropped, so every epoch is logged exactly once.
+        ``write=False`` (every process but 0 of a multi-process run) writes nothing."""
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.run_dir / "metrics.jsonl"
+        self.write = write
+        if write:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if write and resume_epoch is not None:
+            truncate_jsonl(self.jsonl_path, resume_epoch)
         self._writer = None
-        if tensorboard:
+        if tensorboard and write:
+            # tensorboardX is imported only when TensorBoard logging is on (it pulls protobuf).
             from tensorboardX import SummaryWriter
-            self._writer = SummaryWriter(logdir=str(self.run_dir / "tensorboard"))
+            purge = None if resume_epoch is None else resume_epoch + 1
+            self._writer = SummaryWriter(logdir=str(self.run_dir / "tensorboard"), purge_step=purge)
 
     def scalars(self, epoch: int, metrics: dict[str, Any]) -> None:
         """Logs every numeric entry of ``metrics`` at step ``epoch`` (non-finite ones as NaN)."""
@@ -51,8 +61,8 @@ class RunLogger:
             row[tag] = number if math.isfinite(number) else None
             if self._writer is not None:
                 self._writer.add_scalar(tag, number, epoch)
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.write:
+            _append_line(self.jsonl_path, json.dumps(row))
 
     def text(self, epoch: int, tag: str, text: str) -> None:
         """A text summary (e.g. sample generations per label)."""
@@ -85,10 +95,41 @@ class RunLogger:
             self._writer = None
 
 
+def _append_line(path: Path, line: str) -> None:
+    """Appends one whole line: written, flushed and fsynced before the epoch goes on."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads ``metrics.jsonl`` back (used by tests, notebooks and evaluate)."""
+    """Reads ``metrics.jsonl`` back; a torn last line (a kill mid-write) is skipped with a warning."""
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+            log.warning("%s: skipping a torn last line (%d characters)", path, len(line))
+    return rows
+
+
+def truncate_jsonl(path: str | os.PathLike, last_epoch: int) -> None:
+    """Keeps only the rows of epochs ``<= last_epoch`` (and drops a torn tail), atomically."""
+    path = Path(path)
+    if not path.exists():
+        return
+    rows = [r for r in read_jsonl(path) if int(r.get("epoch", 0)) <= last_epoch]
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -31,10 +31,11 @@ import numpy as np
 
 from genalign_jax import ppo
 from genalign_jax.compile_counter import compile_count
-from genalign_jax.config import RunConfig
+from genalign_jax.config import ConfigError, RunConfig, config_differences
 from genalign_jax.run import checkpoint as ckpt
 from genalign_jax.run.components import Components, build_components, describe_devices
 from genalign_jax.run.convergence import ConvergenceTracker
+from genalign_jax.run.lock import RunLock
 from genalign_jax.run.logger import RunLogger, flatten
 from genalign_jax.run.rollouts import Rollouts, distinct_n, sample_rollouts
 from genalign_jax.run.scoring import score_rollouts
@@ -66,32 +67,65 @@ class Trainer:
         self.show_progress = show_progress
         self.run_dir = Path(run_dir or Path(c.output_dir) / (c.run_name or "run")).absolute()
         t0 = time.perf_counter()
-        self.components: Components = build_components(c, show_progress=show_progress)
-        self.state = ckpt.init_train_state(self.components)
-        self.tracker = ConvergenceTracker.from_config(c.loop)
-        self.start_epoch = 1
-        self.history: list[dict[str, float]] = []
-        self.checkpointer = ckpt.RunCheckpointer(self.run_dir, c.checkpoint.max_to_keep,
-                                                 c.checkpoint.every_epochs)
-        if resume:
-            self._resume()
-        elif self.checkpointer.latest_epoch() is not None:
-            raise FileExistsError(f"{self.run_dir} already has checkpoints "
-                                  f"{self.checkpointer.all_epochs()}: pass --resume to continue, "
-                                  "or choose another --config.run_name")
-        self.logger = RunLogger(self.run_dir, tensorboard=c.logging.tensorboard)
-        (self.run_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2))
+        # Only process 0 writes the run folder (logs, metrics, config); orbax coordinates the
+        # checkpoint writes of every process itself.
+        self.is_writer = jax.process_index() == 0
+        self._lock = RunLock(self.run_dir) if self.is_writer else None
+        try:
+            self._check_run_dir(resume)
+            self.components: Components = build_components(c, show_progress=show_progress)
+            self.state = ckpt.init_train_state(self.components)
+            self.tracker = ConvergenceTracker.from_config(c.loop)
+            self.start_epoch = 1
+            self.history: list[dict[str, float]] = []
+            self.checkpointer = ckpt.RunCheckpointer(self.run_dir, c.checkpoint.max_to_keep,
+                                                     c.checkpoint.every_epochs)
+            if resume:
+                self._resume()
+        except BaseException:
+            self.close()
+            raise
+        self.logger = RunLogger(self.run_dir, tensorboard=c.logging.tensorboard,
+                                resume_epoch=self.start_epoch - 1 if resume else None,
+                                write=self.is_writer)
+        if self.is_writer:
+            (self.run_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2))
         log.info("set up in %.1f s on %s; run dir %s", time.perf_counter() - t0,
                  describe_devices(), self.run_dir)
 
-    # ------------------------------------------------------------------ resume
+    # ------------------------------------------------------------------ run folder and resume
+
+    _RUN_FILES = ("metrics.jsonl", "config.json", "summary.json", "tensorboard")
+
+    def _check_run_dir(self, resume: bool) -> None:
+        """A fresh run needs an empty folder; a resumed one the same config as the stored run."""
+        stored = self.run_dir / "config.json"
+        if not resume:
+            found = sorted(p.name for p in self.run_dir.glob("*")
+                           if p.name in self._RUN_FILES or p.name.startswith("checkpoint_"))
+            if found:
+                raise FileExistsError(f"{self.run_dir} already holds a run ({', '.join(found)}): "
+                                      "pass --resume to continue it, or choose another "
+                                      "--config.run_name")
+            return
+        if not stored.is_file():
+            raise FileNotFoundError(f"--resume: {stored} not found (no run to resume there)")
+        try:
+            saved = json.loads(stored.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--resume: {stored} is not valid JSON ({err})") from err
+        blocking, allowed = config_differences(saved, self.config)
+        if blocking:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in
+                               ((k, *v) for k, v in list(blocking.items())[:12]))
+            raise ConfigError(f"--resume: the config differs from the run's {stored} in fields "
+                              f"that change what the run is: {listed}")
+        for name, (old, new) in allowed.items():
+            log.info("resume: %s changed %r -> %r", name, old, new)
 
     def _resume(self) -> None:
-        epoch = self.checkpointer.latest_epoch()
-        if epoch is None:
-            raise FileNotFoundError(f"--resume: no checkpoint_epoch_* in {self.run_dir}")
-        self.state, meta = ckpt.restore_train_state(self.checkpointer, epoch, self.state,
-                                                    self.components)
+        self.state, meta, epoch = ckpt.restore_latest(self.checkpointer, self.state,
+                                                      self.components)
         self.tracker.load(meta["tracker"])
         self.history = meta.get("history", [])
         self.start_epoch = int(meta["epoch"]) + 1
@@ -111,8 +145,13 @@ class Trainer:
         rollout_s = time.perf_counter() - start
         start = time.perf_counter()
         new_ppo, metrics = ppo.ppo_update(state.ppo, rollout, config, key)
-        ppo.sync_model(self.components.generator.model, new_ppo)
         out = {f"ppo/{k}": float(v) for k, v in metrics.items()}
+        bad = [k for k in ("ppo/loss", "ppo/grad_norm") if not np.isfinite(out.get(k, 0.0))]
+        if bad:
+            raise ckpt.NonFiniteStateError(
+                f"the PPO update produced non-finite {bad} ({', '.join(f'{k}={out[k]}' for k in bad)}); "
+                "stopping before the state is used or saved (check the generator weights)")
+        ppo.sync_model(self.components.generator.model, new_ppo)
         self.state = state.replace(ppo=new_ppo)
         out.update({"time/rollout_s": rollout_s, "time/ppo_s": time.perf_counter() - start})
         return out
@@ -169,7 +208,8 @@ class Trainer:
         epoch = self.start_epoch - 1
         for epoch in range(self.start_epoch, c.loop.epochs + 1):
             metrics = self.run_epoch(epoch)
-            converged = self.tracker.update(epoch, metrics)
+            # An epoch with no kept example scored an untrained classifier: never an improvement.
+            converged = self.tracker.update(epoch, metrics, counts=metrics["gen/num_kept"] > 0)
             self.history.append({k: float(v) for k, v in metrics.items()})
             log.info("epoch %d: golden acc %.4f loss %.4f, kept %d/%d, reward %.4f, KL %.4f, "
                      "%.1f s (%s), %d compiles", epoch,
@@ -183,19 +223,31 @@ class Trainer:
                         "history": self.history}
                 self.checkpointer.save(epoch, self.state.items(), meta)
             if converged:
+                best = ("no epoch counted" if self.tracker.best is None else
+                        f"best {self.tracker.best:.4f} at epoch {self.tracker.best_epoch}")
                 reason = (f"converged: {self.tracker.metric} did not improve by more than "
-                          f"{self.tracker.min_delta} for {self.tracker.patience} epochs "
-                          f"(best {self.tracker.best:.4f} at epoch {self.tracker.best_epoch})")
+                          f"{self.tracker.min_delta} for {self.tracker.patience} epochs ({best})")
                 break
         log.info("stopped after epoch %d: %s", epoch, reason)
         summary = {"last_epoch": epoch, "stop_reason": reason, **self.tracker.state()}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.is_writer:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         final = self.history[-1] if self.history else {}
         self.logger.hparams(flatten(c.to_dict()), {k: final[k] for k in
                                                    ("golden/accuracy", "golden/loss") if k in final})
-        self.logger.close()
-        self.checkpointer.close()
+        self.close()
         return summary
+
+    def close(self) -> None:
+        """Flushes and releases everything the trainer holds (idempotent)."""
+        for name in ("logger", "checkpointer"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.close()
+                setattr(self, name, None)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 _STAGES = ("generate", "classifier", "embed", "distances", "rollout", "ppo")
