@@ -10,6 +10,7 @@ shapes, dtypes and shardings.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,18 +20,18 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx, struct
+from jax.sharding import Mesh
 
 from genalign_jax import ppo
 from genalign_jax import sharding as sharding_lib
-from genalign_jax.config import ConfigError
+from genalign_jax.config import ConfigError, RunConfig, config_differences
 from genalign_jax.reward import RewardNormalizerState
-from genalign_jax.run.components import Components
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CHECKPOINT_PREFIX", "CheckpointRestoreError", "NonFiniteStateError", "RunCheckpointer",
            "TrainState", "init_train_state", "restore_train_state", "restore_latest",
-           "load_policy", "parse_checkpoint_path", "check_finite"]
+           "load_policy", "check_same_run", "parse_checkpoint_path", "check_finite"]
 
 
 class CheckpointRestoreError(ValueError):
@@ -149,34 +150,32 @@ class TrainState:
         return {"ppo": self.ppo.checkpoint_items(), "reward_norm": self.reward_norm}
 
 
-def _on_mesh(state: ppo.PPOState, components: Components) -> ppo.PPOState:
+def _on_mesh(state: ppo.PPOState, mesh: Mesh) -> ppo.PPOState:
     """Places the PPO state's arrays with the mesh's rules (LoRA, value head, optimizer state and
     scalars replicated), so updates return arrays of the same sharding and the sampler/update
     programs are not recompiled after the first epoch."""
     items = state.checkpoint_items()
-    return state.restore(jax.device_put(items, sharding_lib.state_shardings(items, components.mesh)))
+    return state.restore(jax.device_put(items, sharding_lib.state_shardings(items, mesh)))
 
 
-def init_train_state(components: Components) -> TrainState:
+def init_train_state(model: nnx.Module, config: RunConfig, mesh: Mesh) -> TrainState:
     """Fresh LoRA adapters + value head on the generator (synced into it) and an empty normaliser."""
-    model, config = components.generator.model, components.config
-    state = _on_mesh(ppo.init_ppo_state(model, config.ppo, rngs=nnx.Rngs(config.seed + 1)),
-                     components)
+    state = _on_mesh(ppo.init_ppo_state(model, config.ppo, rngs=nnx.Rngs(config.seed + 1)), mesh)
     ppo.sync_model(model, state)
     return TrainState(ppo=state, reward_norm=RewardNormalizerState.init())
 
 
 def restore_train_state(checkpointer: RunCheckpointer, epoch: int, template: TrainState,
-                        components: Components) -> tuple[TrainState, dict[str, Any]]:
-    """Loads ``checkpoint_epoch_<epoch>`` onto ``template``'s structure; the policy is synced."""
+                        model: nnx.Module) -> tuple[TrainState, dict[str, Any]]:
+    """Loads ``checkpoint_epoch_<epoch>`` onto ``template``'s structure; ``model`` is synced."""
     restored, meta = checkpointer.restore(epoch, template.items())
     state = TrainState(ppo=template.ppo.restore(restored["ppo"]),
                        reward_norm=restored["reward_norm"])
-    ppo.sync_model(components.generator.model, state.ppo)
+    ppo.sync_model(model, state.ppo)
     return state, meta
 
 
-def restore_latest(checkpointer: RunCheckpointer, template: TrainState, components: Components
+def restore_latest(checkpointer: RunCheckpointer, template: TrainState, model: nnx.Module
                    ) -> tuple[TrainState, dict[str, Any], int]:
     """The newest checkpoint that restores; damaged newer ones are skipped with a warning."""
     epochs = sorted(checkpointer.all_epochs(), reverse=True)
@@ -185,7 +184,7 @@ def restore_latest(checkpointer: RunCheckpointer, template: TrainState, componen
     errors, damaged = [], []
     for epoch in epochs:
         try:
-            state, meta = restore_train_state(checkpointer, epoch, template, components)
+            state, meta = restore_train_state(checkpointer, epoch, template, model)
         except CheckpointRestoreError as err:
             log.warning("skipping damaged checkpoint: %s", err)
             errors.append(str(err))
@@ -199,12 +198,36 @@ def restore_latest(checkpointer: RunCheckpointer, template: TrainState, componen
                                  + "; ".join(errors))
 
 
-def load_policy(components: Components, checkpoint: str | os.PathLike
+def load_policy(model: nnx.Module, config: RunConfig, mesh: Mesh, checkpoint: str | os.PathLike
                 ) -> tuple[TrainState, dict[str, Any]]:
-    """The trained policy of ``<run_dir>/checkpoint_epoch_N`` synced into the generator (read-only)."""
+    """The trained policy of ``<run_dir>/checkpoint_epoch_N`` synced into ``model`` (read-only).
+
+    The run's stored ``config.json`` must agree with ``config`` on every field that changes what
+    the run is (ConfigError listing the differences otherwise).
+    """
     run_dir, epoch = parse_checkpoint_path(checkpoint)
+    check_same_run(run_dir, config, "evaluate")
     checkpointer = RunCheckpointer(run_dir, create=False)
     try:
-        return restore_train_state(checkpointer, epoch, init_train_state(components), components)
+        return restore_train_state(checkpointer, epoch, init_train_state(model, config, mesh), model)
     finally:
         checkpointer.close()
+
+
+def check_same_run(run_dir: str | os.PathLike, config: RunConfig, action: str) -> None:
+    """Compares ``<run_dir>/config.json`` with ``config`` (see ``config_differences``)."""
+    stored = Path(run_dir) / "config.json"
+    if not stored.is_file():
+        raise FileNotFoundError(f"{action}: {stored} not found (not a genalign_jax run folder)")
+    try:
+        saved = json.loads(stored.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{action}: {stored} is not valid JSON ({err})") from err
+    blocking, allowed = config_differences(saved, config)
+    if blocking:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}"
+                           for k, (old, new) in list(blocking.items())[:12])
+        raise ConfigError(f"{action}: the config differs from the run's {stored} in fields that "
+                          f"change what the run is: {listed}")
+    for name, (old, new) in allowed.items():
+        log.info("%s: %s changed %r -> %r", action, name, old, new)

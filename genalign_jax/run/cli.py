@@ -125,7 +125,7 @@ def _evaluate(argv: list[str]) -> int:
         if f.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {f.seeds}")
         components = build_components(config)
-        ckpt.load_policy(components, f.checkpoint)
+        ckpt.load_policy(components.generator.model, config, components.mesh, f.checkpoint)
         results = evaluate_generators(components, f.num_examples, f.seeds,
                                       real_baseline=f.real_baseline)
     except USER_ERRORS as err:

@@ -31,7 +31,7 @@ import numpy as np
 
 from genalign_jax import ppo
 from genalign_jax.compile_counter import compile_count
-from genalign_jax.config import ConfigError, RunConfig, config_differences
+from genalign_jax.config import RunConfig
 from genalign_jax.run import checkpoint as ckpt
 from genalign_jax.run.components import Components, build_components, describe_devices
 from genalign_jax.run.convergence import ConvergenceTracker
@@ -74,7 +74,8 @@ class Trainer:
         try:
             self._check_run_dir(resume)
             self.components: Components = build_components(c, show_progress=show_progress)
-            self.state = ckpt.init_train_state(self.components)
+            self.state = ckpt.init_train_state(self.components.generator.model, c,
+                                               self.components.mesh)
             self.tracker = ConvergenceTracker.from_config(c.loop)
             self.start_epoch = 1
             self.history: list[dict[str, float]] = []
@@ -99,7 +100,6 @@ class Trainer:
 
     def _check_run_dir(self, resume: bool) -> None:
         """A fresh run needs an empty folder; a resumed one the same config as the stored run."""
-        stored = self.run_dir / "config.json"
         if not resume:
             found = sorted(p.name for p in self.run_dir.glob("*")
                            if p.name in self._RUN_FILES or p.name.startswith("checkpoint_"))
@@ -108,24 +108,11 @@ class Trainer:
                                       "pass --resume to continue it, or choose another "
                                       "--config.run_name")
             return
-        if not stored.is_file():
-            raise FileNotFoundError(f"--resume: {stored} not found (no run to resume there)")
-        try:
-            saved = json.loads(stored.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--resume: {stored} is not valid JSON ({err})") from err
-        blocking, allowed = config_differences(saved, self.config)
-        if blocking:
-            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in
-                               ((k, *v) for k, v in list(blocking.items())[:12]))
-            raise ConfigError(f"--resume: the config differs from the run's {stored} in fields "
-                              f"that change what the run is: {listed}")
-        for name, (old, new) in allowed.items():
-            log.info("resume: %s changed %r -> %r", name, old, new)
+        ckpt.check_same_run(self.run_dir, self.config, "--resume")
 
     def _resume(self) -> None:
         self.state, meta, epoch = ckpt.restore_latest(self.checkpointer, self.state,
-                                                      self.components)
+                                                      self.components.generator.model)
         self.tracker.load(meta["tracker"])
         self.history = meta.get("history", [])
         self.start_epoch = int(meta["epoch"]) + 1
