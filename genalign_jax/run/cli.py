@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -18,11 +19,16 @@ from genalign_jax.config import ConfigError
 from genalign_jax.data.loaders import DataFileError, DatasetUnavailableError
 from genalign_jax.hf_checkpoint import CheckpointError
 from genalign_jax.run import checkpoint as ckpt
-from genalign_jax.run.components import build_components
-from genalign_jax.run.evaluate import evaluate_generators, format_table, summarise
+from genalign_jax.run.components import build_components, build_generator, build_mesh
+from genalign_jax.run.export import export_peft_adapter, import_peft_adapter
+from genalign_jax.data.external import load_test_file
+from genalign_jax.run.evaluate import evaluate_generators, format_markdown, format_table
+from genalign_jax.run.logger import read_jsonl
+from genalign_jax.run.plots import plot_evaluation
 from genalign_jax.run.trainer import Trainer, as_run_config
 
-__all__ = ["USER_ERRORS", "setup_logging", "parse_flags", "train_main", "evaluate_main"]
+__all__ = ["USER_ERRORS", "setup_logging", "parse_flags", "train_main", "evaluate_main",
+           "export_main"]
 
 # What a user can cause and fix: reported in one line, exit code 2.
 USER_ERRORS = (ConfigError, DataFileError, DatasetUnavailableError, CheckpointError,
@@ -103,11 +109,15 @@ def define_evaluate_flags() -> None:
         "config", None, "Config file used for training, e.g. configs/sst2.py:tiny.",
         lock_config=True)
     flags.DEFINE_string("checkpoint", None, "A run's checkpoint folder: <run_dir>/checkpoint_epoch_N.")
-    flags.DEFINE_integer("num_examples", 400, "Synthetic examples per generator and seed.")
+    flags.DEFINE_string("adapter", None, "A PEFT adapter folder (from genalign-export) instead of "
+                                         "--checkpoint.")
+    flags.DEFINE_integer("num_examples", 256, "Synthetic examples per generator and seed.")
     flags.DEFINE_integer("seeds", 3, "Number of seeds (mean ± std over them).")
     flags.DEFINE_bool("real_baseline", True, "Also train on N real examples.")
-    flags.DEFINE_string("output", None, "JSON path (default <run_dir>/eval_epoch_N.json).")
-    flags.mark_flags_as_required(["config", "checkpoint"])
+    flags.DEFINE_string("test_file", None, "Score on this labelled TSV/CSV/JSONL file (columns "
+                                           "text, label) instead of the run's test split.")
+    flags.DEFINE_string("output", None, "JSON path (default <run_dir>/eval_epoch_N.json); the "
+                                        "Markdown table and PNG are written beside it.")
 
 
 def _evaluate(argv: list[str]) -> int:
@@ -116,7 +126,8 @@ def _evaluate(argv: list[str]) -> int:
     setup_logging()
     f = flags.FLAGS
     try:
-        run_dir, epoch = ckpt.parse_checkpoint_path(f.checkpoint)
+        if (f.checkpoint is None) == (f.adapter is None):
+            raise ConfigError("evaluate: pass exactly one of --checkpoint or --adapter")
         config = as_run_config(f.config)
         batch = config.generator.sampling.batch_size
         if f.num_examples < 1 or f.num_examples % batch:
@@ -124,22 +135,37 @@ def _evaluate(argv: list[str]) -> int:
                               f"config.generator.sampling.batch_size ({batch})")
         if f.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {f.seeds}")
+        if f.checkpoint is not None:
+            run_dir, epoch = ckpt.parse_checkpoint_path(f.checkpoint)
+            default_out, source = run_dir / f"eval_epoch_{epoch}.json", str(f.checkpoint)
+        else:
+            run_dir, default_out, source = None, Path(f.adapter) / "eval.json", str(f.adapter)
         components = build_components(config)
-        ckpt.load_policy(components.generator.model, config, components.mesh, f.checkpoint)
-        results = evaluate_generators(components, f.num_examples, f.seeds,
-                                      real_baseline=f.real_baseline)
+        test_set = None
+        if f.test_file:
+            test_set = load_test_file(f.test_file, components.data.spec)
+        model = components.generator.model
+        if f.checkpoint is not None:
+            ckpt.load_policy(model, config, components.mesh, f.checkpoint)
+        else:
+            import_peft_adapter(model, f.adapter)
+        report = evaluate_generators(components, f.num_examples, f.seeds,
+                                     real_baseline=f.real_baseline, test_set=test_set)
     except USER_ERRORS as err:
         return _user_error(err)
-    summary = summarise(results)
-    print(f"test-set metrics over {f.seeds} seeds, {f.num_examples} examples each "
-          f"(checkpoint epoch {epoch}):")
-    print(format_table(summary))
-    out = f.output or os.path.join(run_dir, f"eval_epoch_{epoch}.json")
-    with open(out, "w") as fh:
-        json.dump({"checkpoint": os.path.abspath(f.checkpoint), "epoch": epoch,
-                   "num_examples": f.num_examples, "seeds": f.seeds, "summary": summary,
-                   "per_seed": results}, fh, indent=2)
-    print(f"wrote {out}")
+    print(f"test-set metrics over {f.seeds} seeds, {f.num_examples} examples each ({source}):")
+    print(format_table(report.summary()))
+    for name, d in report.paired.items():
+        print(f"{name}: {d['mean']:+.4f}, 95% CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
+    out = Path(f.output or default_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"source": os.path.abspath(source), "num_examples": f.num_examples,
+               "seeds": f.seeds, "test_file": f.test_file, **report.to_json()}
+    out.write_text(json.dumps(payload, indent=2))
+    out.with_suffix(".md").write_text(format_markdown(report))
+    history = read_jsonl(run_dir / "metrics.jsonl") if run_dir and (run_dir / "metrics.jsonl").is_file() else []
+    plot_evaluation(report, history, out.with_suffix(".png"), title=config.run_name)
+    print(f"wrote {out}, {out.with_suffix('.md').name} and {out.with_suffix('.png').name}")
     return 0
 
 
@@ -147,3 +173,45 @@ def evaluate_main() -> None:
     """``genalign-evaluate``: aligned vs base generator (and real data) on the real test set."""
     define_evaluate_flags()
     app.run(_evaluate, flags_parser=parse_flags)
+
+
+# ---------------------------------------------------------------------------- export
+
+def define_export_flags() -> None:
+    """The flags of ``genalign-export``."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file used for training, e.g. configs/sst2.py:embedded.",
+        lock_config=True)
+    flags.DEFINE_string("checkpoint", None, "A run's checkpoint folder: <run_dir>/checkpoint_epoch_N.")
+    flags.DEFINE_string("out", None, "Output folder of the PEFT adapter.")
+    flags.DEFINE_enum("dtype", "float16", ["float16", "bfloat16", "float32"],
+                      "Storage dtype of the adapter tensors.")
+    flags.mark_flags_as_required(["config", "checkpoint", "out"])
+
+
+def _export(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_logging()
+    f = flags.FLAGS
+    try:
+        config = as_run_config(f.config)
+        if config.generator.lora_rank < 1:
+            raise ConfigError("export: config.generator.lora_rank is 0 (full fine-tuning); only "
+                              "LoRA adapters can be exported in the PEFT format")
+        mesh = build_mesh(config)
+        generator = build_generator(config, mesh)
+        ckpt.load_policy(generator.model, config, mesh, f.checkpoint)
+        g = config.generator
+        base = g.path or g.gguf_file or g.preset
+        out = export_peft_adapter(generator.model, f.out, base_model=base, dtype=f.dtype)
+    except USER_ERRORS as err:
+        return _user_error(err)
+    print(f"wrote {out}/adapter_config.json and adapter_model.safetensors")
+    return 0
+
+
+def export_main() -> None:
+    """``genalign-export``: a checkpoint's LoRA adapters as a Hugging Face PEFT adapter folder."""
+    define_export_flags()
+    app.run(_export, flags_parser=parse_flags)

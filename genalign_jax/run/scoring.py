@@ -25,7 +25,7 @@ from genalign_jax.run.rollouts import Rollouts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Scores", "train_and_score", "score_rollouts"]
+__all__ = ["Scores", "fine_tune", "train_and_score", "score_rollouts"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,16 +37,22 @@ class Scores:
     norm_state: reward_lib.RewardNormalizerState
 
 
+def fine_tune(components: Components, texts: list[str], labels: list[int], key: jax.Array
+              ) -> tuple[clf.TextClassifier, clf.TrainStats | None]:
+    """A fresh classifier (from the pretrained encoder) fine-tuned on ``texts``; the untrained
+    one, with a warning, when there is nothing to train on."""
+    if len(texts) == 0:
+        log.warning("no usable synthetic examples: scoring an untrained classifier")
+        return components.classifier, None
+    return clf.train_classifier(components.classifier, texts, labels,
+                                components.classifier_config, key)
+
+
 def train_and_score(components: Components, texts: list[str], labels: list[int], key: jax.Array,
                     split: str = "golden") -> dict[str, float]:
     """Fine-tunes a fresh classifier on ``texts`` and scores it on ``split`` (golden or test)."""
     eval_texts, eval_labels = components.data.eval_set(split)
-    if len(texts) == 0:
-        log.warning("no usable synthetic examples: scoring an untrained classifier")
-        trained, stats = components.classifier, None
-    else:
-        trained, stats = clf.train_classifier(components.classifier, texts, labels,
-                                              components.classifier_config, key)
+    trained, stats = fine_tune(components, texts, labels, key)
     result = clf.evaluate(trained, eval_texts, eval_labels,
                           batch_size=components.config.classifier.eval_batch_size)
     out = {"loss": result.loss, "accuracy": result.accuracy, "macro_f1": result.macro_f1}
