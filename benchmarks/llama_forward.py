@@ -28,8 +28,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks.common import peak_flops, print_table, time_fn, write_json  # noqa: E402
-from genalign_jax.models.llama import Llama, get_preset  # noqa: E402
-from genalign_jax.models.llama_hf import load_llama  # noqa: E402
+from genalign_jax.generator import Llama, get_preset, load_llama  # noqa: E402
 
 
 

@@ -42,7 +42,7 @@ from flax import nnx  # noqa: E402
 
 from benchmarks.common import peak_flops, print_table, time_fn, write_json  # noqa: E402
 from genalign_jax import ppo  # noqa: E402
-from genalign_jax.models.llama import Llama, LlamaConfig, get_preset  # noqa: E402
+from genalign_jax.generator import Llama, LlamaConfig, get_preset, load_llama  # noqa: E402
 
 log = logging.getLogger("ppo_step")
 
@@ -61,7 +61,6 @@ def build_model(args) -> Llama:
     """A random-weight Llama of the preset (jit-initialised) or a loaded checkpoint."""
     overrides = dict(dtype=args.dtype, param_dtype=args.dtype)
     if args.checkpoint:
-        from genalign_jax.models.llama_hf import load_llama
         return load_llama(args.checkpoint, **overrides)
     if not args.random_weights and args.preset not in ("tiny", "tiny_llama3"):
         raise SystemExit(f"--preset {args.preset} needs --random_weights or --checkpoint")

@@ -42,9 +42,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks.common import print_table, write_json  # noqa: E402
-from genalign_jax.models.llama import Llama, LlamaConfig, get_preset  # noqa: E402
-from genalign_jax.models.llama_hf import load_llama  # noqa: E402
-from genalign_jax.sampling import SamplingConfig, bucket_length, generate  # noqa: E402
+from genalign_jax.generator import (Llama, LlamaConfig, SamplingConfig, generate,  # noqa: E402
+                                    get_preset, load_llama, pad_prompts)
 
 BENCH_TINY = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
@@ -178,6 +177,10 @@ def main() -> None:
     tokens = rng.integers(3, config.vocab_size, size=(b, p)).astype(np.int32)
     mask = (np.arange(p)[None] >= p - lengths[:, None]).astype(np.int32)
     tokens = np.where(mask == 1, tokens, 0)
+    # Our sampler runs on prompts shaped like the loop's (left-padded to a power-of-two bucket);
+    # HF gets the unpadded batch.
+    bucket_tokens, bucket_mask, _ = pad_prompts(tokens, mask, pad_id=0)
+    bucket = bucket_tokens.shape[1]
     sampling = SamplingConfig(max_new_tokens=n, greedy=args.greedy,
                               temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, pad_token_id=0)
@@ -187,7 +190,7 @@ def main() -> None:
     one = sampling.replace(max_new_tokens=1)
 
     def ours_call(cfg):
-        out = generate(ours, tokens, mask, cfg, next(keys))
+        out = generate(ours, bucket_tokens, bucket_mask, cfg, next(keys))
         out.tokens.block_until_ready()
         return out
 
@@ -253,7 +256,7 @@ def main() -> None:
             weight_bytes -= tree_bytes(state["embed_tokens"])
         itemsize = jnp.dtype(config.dtype).itemsize
         per_slot = 2 * config.num_layers * b * config.num_kv_heads * config.head_dim * itemsize
-        cache_len = bucket_length(p) + n
+        cache_len = bucket + n
         bw = copy_bandwidth()
         ideal_kv = per_slot * (p + n / 2)
         full_kv = per_slot * cache_len
@@ -276,7 +279,7 @@ def main() -> None:
     path = write_json(name, {
         "preset": args.preset, "random_weights": args.random_weights,
         "same_weights": same_weights, "checkpoint": args.checkpoint, "dtype": args.dtype,
-        "batch": b, "prompt_len": p, "prompt_bucket": bucket_length(p), "new_tokens": n,
+        "batch": b, "prompt_len": p, "prompt_bucket": bucket, "new_tokens": n,
         "sampling": {"greedy": args.greedy, "temperature": args.temperature,
                      "top_k": args.top_k, "top_p": args.top_p},
         "num_params": config.num_params, "torch": torch.__version__,

@@ -44,7 +44,7 @@ _SCRIPT = textwrap.dedent("""
     jax.config.update("jax_default_matmul_precision", "highest")
     from tests.hf_fixtures import make_tiny_hf_llama, padded_batch
     from genalign_jax import sharding
-    from genalign_jax.models.llama_hf import load_llama
+    from genalign_jax.generator import load_llama
     from pathlib import Path
     folder = Path({folder!r})
     make_tiny_hf_llama(folder, "tied_gqa")

@@ -8,7 +8,8 @@ Typical use in the training loop::
     splits = data.build_splits(spec, cfg.data.path, cfg.data.sizes, seed=cfg.data.seed)
     builder = data.PromptBuilder(spec, splits.icl_pool, k=4, same_label=True, seed=0)
     prompts = builder.build_balanced(256)
-    texts = data.render_prompts(prompts, tokenizer, chat=True)      # or prompt.text for base models
+    # the generator renders and tokenises them: generator.encode_prompts(tokenizer,
+    #     [p.messages for p in prompts], chat=True, length=512)  (or [p.text ...], chat=False)
     ...generate completions...
     result = data.parse_prompt_completions(prompts, completions, data.ParseConfig.for_spec(spec))
     log(result.counts())
@@ -32,8 +33,7 @@ _EXPORTS = {
     "loaders": ["DataFileError", "DatasetUnavailableError", "clean_text", "load_labelled",
                 "resolve_files"],
     "splits": ["SplitSizes", "Splits", "build_splits", "make_splits", "sample_indices"],
-    "prompts": ["Prompt", "PromptBuilder", "balanced_labels", "render_chat", "render_prompts",
-                "resolve_template"],
+    "prompts": ["Prompt", "PromptBuilder", "balanced_labels", "resolve_template"],
     "parsing": ["KEPT", "REASONS", "ParseConfig", "ParseResult", "clean_completion",
                 "normalize_text", "parse_completions", "parse_prompt_completions"],
 }

@@ -6,8 +6,9 @@ drawn from the whole pool (mixed).  Every :class:`Prompt` carries both forms:
 
 * ``text`` - the plain form for base checkpoints.  It ends with ``Text:``; the model writes its
   example on that line, and the parser cuts the completion at the first newline (stop convention);
-* ``messages`` - the chat form (system + user message) for instruct checkpoints; render it with
-  :func:`render_chat`, which applies the tokenizer's own chat template.
+* ``messages`` - the chat form (system + user message) for instruct checkpoints; the generator
+  renders it with the tokenizer's own chat template (``genalign_jax.generator.render_chat``, or
+  ``encode_prompts(..., chat=True)``).
 
 It also records the ICL pool rows it showed, so that the parser can reject copies of them.
 Templates (:class:`~genalign_jax.data.registry.PromptTemplate`) come from the dataset spec and
@@ -30,8 +31,6 @@ __all__ = [
     "Prompt",
     "PromptBuilder",
     "balanced_labels",
-    "render_chat",
-    "render_prompts",
     "resolve_template",
 ]
 
@@ -55,7 +54,7 @@ class Prompt:
         label: target label id (the label the synthetic example will get).
         label_name: its name.
         text: the plain prompt (ends with ``Text:``).
-        messages: chat messages (``role``/``content`` dicts) for :func:`render_chat`.
+        messages: chat messages (``role``/``content`` dicts) for ``generator.render_chat``.
         icl_indices: rows of the ICL pool shown in the prompt, in prompt order.
         icl_texts: their texts (the parser rejects copies of these).
         icl_labels: their labels.
@@ -240,26 +239,3 @@ class PromptBuilder:
             rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         )
         return self.build(balanced_labels(n, self.spec.num_labels, gen), gen)
-
-
-def render_chat(prompt: Prompt, tokenizer: Any, **kwargs: Any) -> str:
-    """Render a prompt's chat messages with the tokenizer's chat template, ready for generation.
-
-    Calls ``tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)``,
-    so any tokenizer with a chat template works (ChatML for SmolLM2/Qwen, Llama-3's own, ...).
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"tokenizer {type(tokenizer).__name__} has no chat_template; use the plain prompt "
-            "(prompt.text) for base checkpoints or set tokenizer.chat_template"
-        )
-    return tokenizer.apply_chat_template(
-        [dict(m) for m in prompt.messages], add_generation_prompt=True, tokenize=False, **kwargs
-    )
-
-
-def render_prompts(prompts: Sequence[Prompt], tokenizer: Any = None, chat: bool = False) -> list[str]:
-    """Prompt strings for generation: plain ``text``, or chat-rendered when ``chat=True``."""
-    if chat:
-        return [render_chat(p, tokenizer) for p in prompts]
-    return [p.text for p in prompts]

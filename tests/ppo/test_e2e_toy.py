@@ -1,4 +1,4 @@
-"""End to end: tiny random Llama + genalign_jax.sampling + PPO learns a known reward on CPU."""
+"""End to end: tiny random Llama + genalign_jax.generator sampler + PPO learns a known reward on CPU."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pytest
 from flax import nnx
 
 from genalign_jax import ppo
-from genalign_jax.models.llama import Llama, get_preset
-from genalign_jax.sampling import generate
+from genalign_jax.generator import Llama, generate, get_preset
 from tests.ppo import TOY_CONFIG, TOY_SAMPLING, toy_prompts, toy_reward
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genalign_jax.models.llama import Llama, get_preset
+from genalign_jax.generator import Llama, get_preset
 from genalign_jax.ppo import ValueHead, add_lora, count_params, has_lora
 
 

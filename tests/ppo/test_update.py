@@ -14,8 +14,7 @@ import pytest
 from flax import nnx
 
 from genalign_jax import ppo
-from genalign_jax.models.llama import Llama, get_preset
-from genalign_jax.sampling import generate
+from genalign_jax.generator import Llama, generate, get_preset
 from genalign_jax.sharding import param_path
 from tests.ppo import BATCH, TOY_CONFIG, TOY_SAMPLING, toy_prompts, toy_reward
 

@@ -22,12 +22,12 @@ import pytest
 from flax import nnx
 
 from genalign_jax.hf_checkpoint import CheckpointError
-from genalign_jax.models.llama import (RopeScaling, from_hf_config, get_preset,
-                                       rope_inverse_frequencies)
+from genalign_jax.generator import (RopeScaling, SamplingConfig, from_hf_config, generate,
+                                    get_preset, rope_inverse_frequencies)
 
 gguf = pytest.importorskip("gguf")
-from genalign_jax.models.gguf import (GGUFCheckpoint, llama_config_from_gguf,  # noqa: E402
-                                      load_gguf_llama, load_gguf_tokenizer, open_gguf)
+from genalign_jax.generator.gguf import (GGUFCheckpoint, llama_config_from_gguf,  # noqa: E402
+                                         load_gguf_llama, load_gguf_tokenizer, open_gguf)
 from tests.hf_fixtures import hf_logits, make_tiny_hf_llama, padded_batch  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -360,15 +360,13 @@ def test_smollm2_greedy_completion_matches_transformers(smollm2, chat_completion
 
 @needs_smollm2
 def test_smollm2_sampler_greedy_matches_transformers(smollm2, chat_completion):
-    """The KV-cached sampler (``genalign_jax.sampling``) on the real model, when it exists."""
-    sampling = pytest.importorskip("genalign_jax.sampling")
+    """The KV-cached sampler (``generator.sampler``) on the real model."""
     ids, theirs = chat_completion
     model = smollm2["model"]
-    config = sampling.SamplingConfig(greedy=True, max_new_tokens=16,
-                                     stop_token_ids=model.config.eos_token_ids,
-                                     pad_token_id=model.config.pad_token_id)
-    out = sampling.generate(model, np.asarray([ids], np.int32), np.ones((1, len(ids)), np.int32),
-                            config)
+    config = SamplingConfig(greedy=True, max_new_tokens=16,
+                            stop_token_ids=model.config.eos_token_ids,
+                            pad_token_id=model.config.pad_token_id)
+    out = generate(model, np.asarray([ids], np.int32), np.ones((1, len(ids)), np.int32), config)
     ours = np.asarray(out.completion_tokens[0, :int(out.lengths[0])]).tolist()
     assert ours == theirs, (smollm2["tokenizer"].decode(ours), smollm2["tokenizer"].decode(theirs))
 

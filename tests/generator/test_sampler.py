@@ -15,18 +15,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genalign_jax.models.llama import Llama, get_preset
-from genalign_jax.models.llama_hf import load_llama
-from genalign_jax.sampling import (SamplingConfig, bucket_length, completion_logprobs,
-                                   filter_logits, generate, sample_tokens, trace_count)
+from genalign_jax import ppo
+from genalign_jax.compile_counter import CompileCounter
+from genalign_jax.generator import (Llama, SamplingConfig, filter_logits, generate, get_preset,
+                                    load_llama, pad_prompts, sample_tokens)
 from tests.hf_fixtures import make_tiny_hf_llama, padded_batch
 
-try:
-    from jax._src.dispatch import BACKEND_COMPILE_EVENT
-except ImportError:  # the event name is stable; the private module may move
-    BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LENGTHS = [5, 9, 3, 7]
 
 
@@ -35,9 +30,15 @@ def model():
     return Llama(get_preset("tiny"), rngs=nnx.Rngs(0))
 
 
+def bucketed_batch(lengths, total, vocab, seed):
+    """``padded_batch`` left-padded to its power-of-two bucket, as encode_prompts shapes prompts."""
+    tokens, mask, _ = pad_prompts(*padded_batch(lengths, total, vocab, left=True, seed=seed))
+    return tokens, mask
+
+
 @pytest.fixture(scope="module")
 def prompts():
-    return padded_batch(LENGTHS, 9, 256, left=True, seed=3)
+    return bucketed_batch(LENGTHS, 9, 256, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_greedy_matches_hf_generate(tmp_path):
     torch = pytest.importorskip("torch")
     hf_model = make_tiny_hf_llama(tmp_path, "plain", seed=1)
     ours = load_llama(tmp_path)
-    tokens, mask = padded_batch([7, 3, 11, 5], 11, 128, left=True, seed=5)
+    tokens, mask = bucketed_batch([7, 3, 11, 5], 11, 128, seed=5)
     n_new = 10
 
     def hf_generate(eos):
@@ -110,9 +111,11 @@ def test_logprobs_and_hidden_match_full_forward(model, prompts):
     slp = np.asarray(jnp.take_along_axis(jax.nn.log_softmax(filtered, -1),
                                          out.completion_tokens[..., None], -1)[..., 0])
     assert np.abs(np.asarray(out.sampling_logprobs)[m] - slp[m]).max() <= 1e-3
-    # The PPO helper recomputes the same numbers.
-    helper = nnx.jit(completion_logprobs, static_argnames="prompt_length")
-    helper = np.asarray(helper(model, out.tokens, out.mask, prompt_length=out.prompt_length))
+    # PPO's recomputation from a full forward's logits gives the same numbers.
+    full_logits, _ = _forward(model, out.tokens, out.mask)
+    helper, _ = ppo.completion_logprobs(full_logits, out.tokens, out.prompt_length,
+                                        out.completion_tokens.shape[1], with_entropy=False)
+    helper = np.where(m, np.asarray(helper), 0.0)
     assert np.abs(helper - got).max() <= 1e-4
     # Full mask = prompt mask then completion mask; positions line up with default_positions.
     np.testing.assert_array_equal(np.asarray(out.mask[:, out.prompt_length:]), m)
@@ -234,40 +237,39 @@ def test_stop_tokens_end_rows_and_masks(model, prompts, greedy_ref):
 
 
 def test_no_recompilation_within_a_bucket(model):
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == BACKEND_COMPILE_EVENT:
-            compiles.append(event)
-
     config = SamplingConfig(max_new_tokens=8, temperature=0.7, top_k=50, top_p=0.9,
                             return_hidden=True)
     keys = [jax.random.key(i) for i in range(3)]
-    batches = [padded_batch([5, 2, 4, 1], 5, 256, left=True, seed=s) for s in (1, 2)]
-    batches.append(padded_batch([12, 3, 9, 1], 12, 256, left=True, seed=3))  # same bucket (16)
-    batches.append(padded_batch([20, 3, 9, 1], 20, 256, left=True, seed=4))  # bucket 32
+    batches = [bucketed_batch([5, 2, 4, 1], 5, 256, seed=s) for s in (1, 2)]
+    batches.append(bucketed_batch([12, 3, 9, 1], 12, 256, seed=3))  # same bucket (16)
+    batches.append(bucketed_batch([20, 3, 9, 1], 20, 256, seed=4))  # bucket 32
     jax.block_until_ready(generate(model, *batches[0], config, keys[0]).tokens)
-    traces = trace_count()
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        # Same bucket, other prompts, rng, stop ids and temperature-free knobs: nothing compiles.
+    # Same bucket, other prompts, rng, stop ids and temperature-free knobs: nothing compiles.
+    with CompileCounter() as same_bucket:
         for batch, key, stops in zip(batches[1:3], keys[1:], [(3,), (4, 5, 6, 7)]):
             out = generate(model, *batch, config.replace(stop_token_ids=stops), key)
             jax.block_until_ready(out.tokens)
             assert out.prompt_length == 16
-        assert compiles == [] and trace_count() == traces
-        out = generate(model, *batches[3], config, keys[0])  # a new bucket compiles once
+    assert same_bucket.count == 0
+    with CompileCounter() as new_bucket:  # a new bucket compiles its program
+        out = generate(model, *batches[3], config, keys[0])
         jax.block_until_ready(out.tokens)
-        assert out.prompt_length == 32 and trace_count() == traces + 1 and len(compiles) >= 1
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+    assert out.prompt_length == 32 and new_bucket.count >= 1
+    with CompileCounter() as again:  # ... once: the second call in that bucket compiles nothing
+        jax.block_until_ready(generate(model, *batches[3], config, keys[1]).tokens)
+    assert again.count == 0
 
 
-def test_bucket_length():
-    assert [bucket_length(n) for n in (1, 16, 17, 100, 256)] == [16, 16, 32, 128, 256]
-    assert bucket_length(3, minimum=1) == 4
-    with pytest.raises(ValueError):
-        bucket_length(0)
+def test_prompts_run_at_the_shape_given(model, prompts, greedy_ref):
+    """generate does not re-pad: an unbucketed batch runs at its own width, same tokens."""
+    tokens, mask = padded_batch(LENGTHS, 9, 256, left=True, seed=3)
+    np.testing.assert_array_equal(np.asarray(prompts[0])[:, -9:], tokens)
+    out = generate(model, tokens, mask, SamplingConfig(max_new_tokens=8, greedy=True))
+    assert out.prompt_length == 9 and out.tokens.shape == (4, 17)
+    np.testing.assert_array_equal(np.asarray(out.completion_tokens),
+                                  np.asarray(greedy_ref.completion_tokens))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(greedy_ref.logprobs),
+                               atol=1e-5)
 
 
 # ----------------------------------------------------------------- LoRA and split state
@@ -304,8 +306,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     jax.config.update("jax_default_matmul_precision", "highest")
     from flax import nnx
-    from genalign_jax.models.llama_hf import load_llama
-    from genalign_jax.sampling import SamplingConfig, generate
+    from genalign_jax.generator import SamplingConfig, generate, load_llama, pad_prompts
     from genalign_jax.sharding import make_mesh, shard_state
     from tests.hf_fixtures import padded_batch
     path = sys.argv[1]
@@ -315,7 +316,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     sharded = load_llama(path, mesh=make_mesh({"fsdp": 2, "tensor": 2}))
     g, state = nnx.split(single)
     placed = (g, shard_state(state, make_mesh({"data": 2, "tensor": 2})))
-    tokens, mask = padded_batch([6, 2, 9, 4], 9, 128, left=True, seed=4)
+    tokens, mask, _ = pad_prompts(*padded_batch([6, 2, 9, 4], 9, 128, left=True, seed=4))
     ref = generate(single, tokens, mask, config)
     result = {}
     # Rows are independent, so the odd batch (replicated over data=2) compares to 3 ref rows.

@@ -14,7 +14,7 @@ a GGUF file to the tensor-source protocol of ``hf_checkpoint.load_into_state``:
   produces.  GGUF lists dimensions fastest-first (``[in, out]``); the arrays
   come back in NumPy/HF order (``[out, in]``).
 * ``llama_config_from_gguf`` builds a ``LlamaConfig`` from the metadata.
-* ``load_gguf_llama`` reuses ``llama_hf.load_llama`` (abstract init, streamed
+* ``load_gguf_llama`` reuses ``weights.load_llama`` (abstract init, streamed
   per-layer placement, optional mesh).
 * ``load_gguf_tokenizer`` loads the tokenizer stored in the same file through
   transformers (``gguf_file=``) and can cache it as ``tokenizer.json``.
@@ -37,7 +37,9 @@ from jax.sharding import Mesh, PartitionSpec
 
 from genalign_jax import sharding as sharding_lib
 from genalign_jax.hf_checkpoint import CheckpointError
-from genalign_jax.models.llama import Llama, LlamaConfig, rope_inverse_frequencies
+from genalign_jax.generator.llama import Llama
+from genalign_jax.generator.llama_config import LlamaConfig, rope_inverse_frequencies
+from genalign_jax.generator.weights import load_llama
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ _ROPE_FREQS = "rope_freqs.weight"
 
 
 def _gguf_module():
+    # Lazy: gguf (numpy-heavy reader, optional for safetensors-only users) loads on first GGUF use.
     try:
         import gguf
     except ImportError as err:  # pragma: no cover - gguf is a declared dependency
@@ -162,7 +165,7 @@ class GGUFCheckpoint:
 
     ``get(name)`` dequantizes one tensor to float32, restores the HF row order
     of Q/K projections and returns it in NumPy (``[out, in]``) layout, ready for
-    ``llama_hf.llama_checkpoint_map``.  Tensors the Llama mapping does not know
+    ``weights.llama_checkpoint_map``.  Tensors the Llama mapping does not know
     keep their GGUF name, so ``load_into_state`` reports them as unexpected.
     Unsupported quantization types are detected when the file is opened.
     """
@@ -370,8 +373,6 @@ def load_gguf_llama(path: str | os.PathLike | Any, mesh: Mesh | None = None, *,
     open ``GGUFReader`` (opening parses the whole vocabulary: seconds).  ``config_overrides``
     (e.g. ``param_dtype="bfloat16"``) adjust the config read from the metadata.
     """
-    from genalign_jax.models.llama_hf import load_llama  # local: llama_hf may import this module
-
     start = time.perf_counter()
     reader = _as_reader(path)
     config = llama_config_from_gguf(reader, **config_overrides)
@@ -397,7 +398,7 @@ def load_gguf_tokenizer(path: str | os.PathLike, cache_dir: str | os.PathLike | 
     calls load that folder instead, which is much faster.  The chat template
     comes from ``tokenizer.chat_template`` in the GGUF metadata.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers imports torch when installed (~4 s)
 
     file = resolve_gguf(path)
     cached = Path(cache_dir) / _tokenizer_cache_key(file) if cache_dir is not None else None

@@ -16,9 +16,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
-from genalign_jax import sharding as sharding_lib
 from genalign_jax import hf_checkpoint
-from genalign_jax.models.llama import Llama, LlamaConfig, from_hf_config
+from genalign_jax import sharding as sharding_lib
+from genalign_jax.generator.llama import Llama
+from genalign_jax.generator.llama_config import LlamaConfig, from_hf_config
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,8 @@ import pytest
 from flax import nnx
 
 from genalign_jax import hf_checkpoint
-from genalign_jax.models.llama import (KVCache, Llama, default_positions, from_hf_config,
-                                       get_preset)
-from genalign_jax.models.llama_hf import load_llama
+from genalign_jax.generator import (KVCache, Llama, default_positions, from_hf_config,
+                                    get_preset, load_llama)
 from tests.hf_fixtures import LLAMA_VARIANTS, hf_logits, make_tiny_hf_llama, padded_batch
 
 torch = pytest.importorskip("torch")

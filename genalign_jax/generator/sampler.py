@@ -1,4 +1,4 @@
-"""Batched autoregressive sampling from a Llama policy, compiled once per bucket.
+"""Batched autoregressive sampling from a Llama policy, compiled once per prompt shape.
 
 ``generate(model, prompt_tokens, prompt_mask, config, rng)`` runs one jitted
 program: a prefill over the left-padded prompt batch that fills a KV cache,
@@ -6,18 +6,19 @@ then a ``jax.lax.while_loop`` of one-token decode steps that stops when every
 row has produced a stop token or ``max_new_tokens`` tokens were generated.
 
 Shapes and compilation
-    Prompts are left-padded up to a power of two (at least
-    ``SamplingConfig.prompt_bucket_min``) and ``max_new_tokens`` is taken as
-    given, so a run compiles one program per (model graph, batch size, prompt
-    bucket, sampling config) and later calls with the same bucket compile
-    nothing.  The program is a plain ``jax.jit`` over ``nnx.split(model)``
-    state (the graph definition is a static argument).  The KV cache
+    The prompt batch runs with the shape it is given: shape it first with
+    ``generator.tokenize.encode_prompts`` (or ``pad_prompts`` for token ids), which
+    left-pads to a fixed length or a power-of-two bucket; ``generate`` only
+    validates it.  A run compiles one program per (model graph, batch size,
+    prompt length, ``config.program_key()``); later calls with the same shapes
+    compile nothing (``genalign_jax.compile_counter.CompileCounter`` counts).
+    The program is a plain ``jax.jit`` over ``nnx.split(model)`` state (the
+    graph definition is a static argument).  The KV cache
     ``[layers, B, P + N, kv_heads, head_dim]`` is allocated *inside* the
     program: XLA owns the buffer and updates it in place across the
     while-loop, which is what donating an outside buffer would achieve,
     without shipping a cache in and out of every call.  Stop ids travel as an
-    array (padded to >= 4 slots), so changing them does not recompile either
-    (see ``SamplingConfig.program_key``); ``trace_count()`` counts programs.
+    array (padded to >= 4 slots), so changing them does not recompile either.
 
 Sharding
     A model whose parameters sit on a mesh (``load_llama(..., mesh=)`` or
@@ -30,7 +31,7 @@ Alignment with a full forward
     with ``default_positions(mask)``: the logits at position ``P - 1 + j``
     predict completion token ``j``.  ``hidden[:, j]`` is the final hidden state
     at that same position (the value head's input for action ``j``).
-    ``completion_logprobs`` does that recomputation.
+    ``genalign_jax.ppo.completion_logprobs`` does that recomputation from logits.
 
 Which log-probabilities
     * ``logprobs`` = ``log_softmax(raw logits)[token]``: the policy's own
@@ -46,7 +47,7 @@ Which log-probabilities
       for pi (the usual RLHF practice is to ignore the pi/q weight).  For
       exactly on-policy PPO, sample with T=1 and no truncation; if the policy
       is *defined* as softmax(logits / T), compute both the old and the new
-      log-probs with ``completion_logprobs(..., temperature=T)``.
+      log-probs with ``ppo.completion_logprobs(..., temperature=T)``.
     In float32 the returned ``logprobs`` match a full forward to ~1e-5; in
     bfloat16 the cached decode and a full forward round differently, so PPO
     should recompute old log-probs with a forward when it needs ratio == 1
@@ -69,24 +70,13 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genalign_jax import sharding as sharding_lib
-from genalign_jax.models.llama import KVCache, default_positions
+from genalign_jax.generator.llama import KVCache, default_positions
+from genalign_jax.generator.logits import sample_tokens
+from genalign_jax.generator.tokenize import check_prompt_batch, power_of_two_bucket
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "SamplingConfig",
-    "SampleOutput",
-    "bucket_length",
-    "filter_logits",
-    "sample_tokens",
-    "token_logprobs",
-    "completion_logprobs",
-    "generate",
-    "trace_count",
-]
-
-_NEG_INF = -jnp.inf
-_TRACE_COUNT = 0
+__all__ = ["SamplingConfig", "SampleOutput", "generate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +95,6 @@ class SamplingConfig:
       pad_token_id: emitted after a row has finished, and used for prompt padding.
       return_hidden: also return final hidden states ``[B, N, D]``.
       use_lora: run with LoRA adapters (``False`` = base/reference model).
-      bucket_prompts: left-pad the prompt length up to a power of two.
-      prompt_bucket_min: smallest prompt bucket.
     """
 
     max_new_tokens: int = 64
@@ -118,8 +106,6 @@ class SamplingConfig:
     pad_token_id: int = 0
     return_hidden: bool = False
     use_lora: bool = True
-    bucket_prompts: bool = True
-    prompt_bucket_min: int = 16
 
     def __post_init__(self):
         if isinstance(self.stop_token_ids, int):
@@ -141,9 +127,6 @@ class SamplingConfig:
         if any(t < 0 for t in self.stop_token_ids):
             raise ValueError(f"SamplingConfig.stop_token_ids must be >= 0, "
                              f"got {self.stop_token_ids}")
-        if int(self.prompt_bucket_min) < 1:
-            raise ValueError(f"SamplingConfig.prompt_bucket_min must be >= 1, "
-                             f"got {self.prompt_bucket_min}")
 
     @property
     def is_greedy(self) -> bool:
@@ -157,19 +140,18 @@ class SamplingConfig:
     def program_key(self) -> "SamplingConfig":
         """This config with the fields that do not change the compiled program normalised.
 
-        Stop ids travel as an array argument and prompt bucketing happens
-        before the program, so configs differing only there (or greedy
-        configs differing only in ignored sampling knobs) share one program.
+        Stop ids travel as an array argument, so configs differing only there
+        (or greedy configs differing only in ignored sampling knobs) share one
+        program.
         """
-        changes: dict[str, Any] = dict(stop_token_ids=(), bucket_prompts=True,
-                                       prompt_bucket_min=16)
+        changes: dict[str, Any] = dict(stop_token_ids=())
         if self.is_greedy:
             changes.update(greedy=True, temperature=1.0, top_k=0, top_p=1.0)
         return self.replace(**changes)
 
 
 class SampleOutput(flax.struct.PyTreeNode):
-    """Result of ``generate``; ``P`` is the bucketed prompt length, ``N`` = max_new_tokens.
+    """Result of ``generate``; ``P`` is the prompt length, ``N`` = max_new_tokens.
 
     Attributes:
       tokens: ``[B, P + N]`` left-padded prompt followed by the completion.
@@ -199,126 +181,6 @@ class SampleOutput(flax.struct.PyTreeNode):
     stopped: jax.Array
 
 
-def bucket_length(n: int, minimum: int = 16) -> int:
-    """The smallest power of two that is >= ``n`` and >= ``minimum``.
-
-    Bucketing lengths keeps the number of compiled programs small.
-    """
-    if n < 1:
-        raise ValueError(f"bucket_length needs a positive length, got {n}")
-    return max(int(minimum), 1 << (int(n) - 1).bit_length())
-
-
-def trace_count() -> int:
-    """How many times the generation program has been traced (= compiled) in this process."""
-    return _TRACE_COUNT
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-def _ordered_keys(x: jax.Array) -> jax.Array:
-    """float32 -> uint32 keys with the same order (NaN-free input)."""
-    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
-    signed = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
-    return jax.lax.bitcast_convert_type(signed, jnp.uint32) ^ jnp.uint32(0x80000000)
-
-
-def _largest_key(keys: jax.Array, ok: Any) -> jax.Array:
-    """Per row, the largest key ``t`` with ``ok(keys >= t)`` (``ok`` monotone, true at the min).
-
-    An exact bisection over the 32-bit key space: 32 passes of compare+reduce
-    over ``[..., V]``, much cheaper than sorting the vocabulary every step.
-    """
-    def body(_, bounds):
-        lo, hi = bounds
-        gap = hi - lo
-        mid = lo + gap // 2 + (gap & 1)
-        good = ok(keys >= mid[..., None])
-        return jnp.where(good, mid, lo), jnp.where(good, hi, mid - 1)
-
-    lo, _ = jax.lax.fori_loop(0, 32, body, (jnp.min(keys, -1), jnp.max(keys, -1)))
-    return lo
-
-
-def filter_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
-    """Logits of the sampling distribution: ``logits / T`` outside top-k/nucleus set to -inf.
-
-    ``logits`` is ``[..., V]``.  The top-k set is every token whose logit is at
-    least the k-th largest; the nucleus is the smallest set of most likely
-    tokens (after temperature and top-k, renormalised) whose probability
-    reaches ``top_p``.  Ties at either boundary are kept, and the most likely
-    token always is.  With top-k the nucleus is found among the k candidates;
-    without it, by exact bisection (no sort of the whole vocabulary).
-    """
-    logits = logits.astype(jnp.float32)
-    if config.is_greedy:
-        return logits
-    if config.temperature != 1.0:
-        logits = logits / jnp.float32(config.temperature)
-    k = config.top_k if 0 < config.top_k < logits.shape[-1] else 0
-    top_p = jnp.float32(config.top_p)
-    if k:
-        candidates, _ = jax.lax.top_k(logits, k)  # descending
-        if config.top_p < 1.0:
-            probs = jax.nn.softmax(candidates, axis=-1)
-            mass_before = jnp.cumsum(probs, axis=-1) - probs
-            candidates = jnp.where(mass_before < top_p, candidates, jnp.inf)
-        # min(), not candidates[..., -1]: XLA CPU turns the latter into a full sort.
-        threshold = jnp.min(candidates, axis=-1, keepdims=True)
-        return jnp.where(logits < threshold, _NEG_INF, logits)
-    if config.top_p < 1.0:
-        probs = jax.nn.softmax(logits, axis=-1)
-        keys = _ordered_keys(logits)
-        cut = _largest_key(keys, lambda m: jnp.sum(jnp.where(m, probs, 0.0), axis=-1) >= top_p)
-        logits = jnp.where(keys >= cut[..., None], logits, _NEG_INF)
-    return logits
-
-
-def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """``log_softmax(logits)[..., token]`` in float32 (``logits [..., V]``, ``tokens [...]``)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-
-
-def sample_tokens(logits: jax.Array, rng: jax.Array,
-                  config: SamplingConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Draws one token per row of ``logits`` ``[B, V]``.
-
-    Returns ``(tokens [B] int32, logprobs [B], sampling_logprobs [B])``: the
-    log-probability under the raw distribution and under the sampling
-    distribution (see the module docstring).
-    """
-    logits = logits.astype(jnp.float32)
-    if config.is_greedy:
-        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        sampling_lp = jnp.zeros(tokens.shape, jnp.float32)
-    else:
-        filtered = filter_logits(logits, config)
-        tokens = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
-        sampling_lp = token_logprobs(filtered, tokens)
-    return tokens, token_logprobs(logits, tokens), sampling_lp
-
-
-def completion_logprobs(model: nnx.Module, tokens: jax.Array, mask: jax.Array,
-                        prompt_length: int, *, use_lora: bool = True,
-                        temperature: float = 1.0) -> jax.Array:
-    """Log-probs ``[B, N]`` of the completion ``tokens[:, P:]`` from one full forward.
-
-    This is PPO's recomputation of ``SampleOutput.logprobs``: logits at
-    position ``P - 1 + j`` score completion token ``j``; masked entries are 0.
-    ``temperature`` divides the logits first (1.0 = the raw policy).
-    """
-    if not 1 <= prompt_length < tokens.shape[1]:
-        raise ValueError(f"prompt_length must be in [1, {tokens.shape[1]}), got {prompt_length}")
-    hidden, _ = model.forward(tokens, mask, use_lora=use_lora)
-    logits = model.logits(hidden[:, prompt_length - 1:-1], use_lora)
-    if temperature != 1.0:
-        logits = logits / jnp.float32(temperature)
-    lp = token_logprobs(logits, tokens[:, prompt_length:])
-    return jnp.where(mask[:, prompt_length:].astype(bool), lp, 0.0)
-
-
 # --------------------------------------------------------------------------- the program
 
 
@@ -329,8 +191,7 @@ def _cache_spec(batch: int, kv_heads: int) -> P | None:
         return None
     names = mesh.axis_names
     batch_axes = tuple(a for a in sharding_lib.BATCH_AXES if a in names)
-    rows = batch_axes if batch_axes and batch % math.prod(mesh.shape[a] for a in batch_axes) == 0 \
-        else None
+    rows = batch_axes if batch_axes and batch % sharding_lib.batch_multiple(mesh) == 0 else None
     heads = "tensor" if "tensor" in names and kv_heads % mesh.shape["tensor"] == 0 else None
     return P(None, rows, None, heads, None)
 
@@ -342,8 +203,6 @@ def _generate_impl(graphdef: nnx.GraphDef, state: nnx.State, prompt: jax.Array,
 
     ``stop_ids`` is ``[B, K]``: shared and per-row stop ids, -1 = unused.
     """
-    global _TRACE_COUNT
-    _TRACE_COUNT += 1
     model = nnx.merge(graphdef, state)
     mcfg = model.config
     b, p = prompt.shape
@@ -428,54 +287,6 @@ def _state_mesh(state: Any) -> jax.sharding.Mesh | None:
     return None
 
 
-def _prepare_prompts(tokens: Any, mask: Any, config: SamplingConfig,
-                     vocab_size: int) -> tuple[Any, Any]:
-    """Validates a left-padded prompt batch and left-pads it to its length bucket."""
-    if tokens is None or mask is None:
-        raise ValueError("generate: prompt_tokens and prompt_mask are both required")
-    if not isinstance(tokens, jax.Array):
-        tokens = np.asarray(tokens)
-    if not isinstance(mask, jax.Array):
-        mask = np.asarray(mask)
-    if tokens.ndim != 2:
-        raise ValueError(f"generate: prompt_tokens must be [batch, length], "
-                         f"got shape {tokens.shape}")
-    if mask.shape != tokens.shape:
-        raise ValueError(f"generate: prompt_mask shape {mask.shape} does not match "
-                         f"prompt_tokens shape {tokens.shape}")
-    b, p = tokens.shape
-    if b == 0 or p == 0:
-        raise ValueError(f"generate: empty prompt batch (shape {tokens.shape})")
-    concrete = not isinstance(tokens, jax.Array) or tokens.is_fully_addressable
-    if concrete and (not isinstance(mask, jax.Array) or mask.is_fully_addressable):
-        t, m = np.asarray(tokens), np.asarray(mask)
-        if not np.isin(m, (0, 1)).all():
-            raise ValueError("generate: prompt_mask must contain only 0 and 1")
-        if not (m[:, -1] == 1).all():
-            empty = np.flatnonzero(m.sum(1) == 0)
-            raise ValueError(
-                f"generate: prompts must be left-padded with a real last token; rows "
-                f"{np.flatnonzero(m[:, -1] == 0)[:8].tolist()} end in padding"
-                + (f" (rows {empty[:8].tolist()} are empty)" if empty.size else "")
-                + " — use genalign_jax.tokenization.encode_prompts")
-        if (np.diff(m, axis=1) < 0).any():
-            raise ValueError("generate: prompt_mask has holes (a 0 after a 1); prompts must be "
-                             "left-padded")
-        real = t[m == 1]
-        if real.size and (real.min() < 0 or real.max() >= vocab_size):
-            raise ValueError(f"generate: prompt token ids must be in [0, {vocab_size}), got "
-                             f"range [{real.min()}, {real.max()}]")
-    target = bucket_length(p, config.prompt_bucket_min) if config.bucket_prompts else p
-    xp = jnp if isinstance(tokens, jax.Array) else np
-    tokens = tokens.astype(xp.int32)
-    mask = mask.astype(xp.int32)
-    if target > p:
-        widths = ((0, 0), (target - p, 0))
-        tokens = xp.pad(tokens, widths, constant_values=config.pad_token_id)
-        mask = xp.pad(mask, widths, constant_values=0)
-    return tokens, mask
-
-
 def _stop_array(shared: tuple[int, ...], per_row: Any, batch: int) -> np.ndarray:
     """``[B, K]`` stop ids (shared ones first, -1 = unused), K padded to a power of two >= 4."""
     if per_row is None:
@@ -488,7 +299,7 @@ def _stop_array(shared: tuple[int, ...], per_row: Any, batch: int) -> np.ndarray
             raise ValueError(f"generate: row_stop_token_ids must be [batch={batch}, K], "
                              f"got shape {per_row.shape}")
     k = len(shared) + per_row.shape[1]
-    out = np.full((batch, bucket_length(max(k, 1), 4)), -1, np.int32)
+    out = np.full((batch, power_of_two_bucket(max(k, 1), 4)), -1, np.int32)
     out[:, :len(shared)] = shared
     out[:, len(shared):k] = per_row
     return out
@@ -502,15 +313,16 @@ def generate(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], prompt_tokens: 
     Args:
       model: a ``Llama`` (possibly sharded over a mesh, possibly with LoRA
         adapters) or its ``(graphdef, state)`` from ``nnx.split``.
-      prompt_tokens: ``[B, P0]`` int token ids, left-padded (numpy or jax).
-      prompt_mask: ``[B, P0]`` 1 for real tokens; every row needs >= 1 real token.
+      prompt_tokens: ``[B, P]`` int token ids, left-padded (numpy or jax), already shaped
+        (``generator.tokenize.encode_prompts`` / ``pad_prompts``); the program runs at ``P``.
+      prompt_mask: ``[B, P]`` 1 for real tokens; every row needs a real last token.
       config: a ``SamplingConfig``.
       rng: a PRNG key (ignored for greedy; defaults to ``jax.random.key(0)``).
       row_stop_token_ids: optional ``[B, K]`` extra stop ids per row (``-1`` = unused),
         added to ``config.stop_token_ids``.
 
     Returns:
-      a ``SampleOutput``; its ``prompt_length`` is the bucketed prompt length.
+      a ``SampleOutput``; its ``prompt_length`` is ``P``.
     """
     if not isinstance(config, SamplingConfig):
         raise ValueError(f"generate: config must be a SamplingConfig, got {type(config).__name__}")
@@ -523,10 +335,11 @@ def generate(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], prompt_tokens: 
     bad = [t for t in (*config.stop_token_ids, config.pad_token_id) if t >= vocab]
     if bad:
         raise ValueError(f"generate: stop/pad token ids {bad} are outside the vocabulary ({vocab})")
-    tokens, mask = _prepare_prompts(prompt_tokens, prompt_mask, config, vocab)
+    tokens, mask = check_prompt_batch(prompt_tokens, prompt_mask, vocab)
+    tokens, mask = tokens.astype(np.int32), mask.astype(np.int32)
     b, p = tokens.shape
     if p + config.max_new_tokens > mcfg.max_position_embeddings:
-        log.warning("prompt bucket %d + %d new tokens exceeds max_position_embeddings=%d",
+        log.warning("prompt length %d + %d new tokens exceeds max_position_embeddings=%d",
                     p, config.max_new_tokens, mcfg.max_position_embeddings)
     row_stop = _stop_array(config.stop_token_ids, row_stop_token_ids, b)
     if rng is None:
@@ -537,8 +350,7 @@ def generate(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], prompt_tokens: 
     if mesh is not None:
         if jax.sharding.get_abstract_mesh().empty:
             context = jax.set_mesh(mesh)
-        rows = math.prod(mesh.shape.get(a, 1) for a in sharding_lib.BATCH_AXES)
-        place = (sharding_lib.batch_sharding(mesh) if b % rows == 0
+        place = (sharding_lib.batch_sharding(mesh) if b % sharding_lib.batch_multiple(mesh) == 0
                  else NamedSharding(mesh, P()))
         tokens, mask, row_stop = jax.device_put((tokens, mask, row_stop), place)
     with context:
