@@ -15,7 +15,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from genalign_jax.config import ConfigError
+from genalign_jax.config import ConfigError, RunConfig
 from genalign_jax.data.loaders import DataFileError, DatasetUnavailableError
 from genalign_jax.hf_checkpoint import CheckpointError
 from genalign_jax.run import checkpoint as ckpt
@@ -64,6 +64,16 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+def load_config() -> RunConfig:
+    """The ``--config`` flag's RunConfig; ml-collections loads the file lazily, here."""
+    try:
+        return as_run_config(flags.FLAGS.config)
+    except OSError as err:  # the file is missing or raised while loading
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ConfigError(f"--config: cannot load the config file: {lines[-1] if lines else err}"
+                          ) from err
+
+
 def _user_error(err: BaseException) -> int:
     print(f"error: {err}", file=sys.stderr)
     return 2
@@ -88,7 +98,7 @@ def _train(argv: list[str]) -> int:
     setup_logging()
     f = flags.FLAGS
     try:
-        summary = Trainer(f.config, run_dir=f.run_dir, resume=f.resume).run()
+        summary = Trainer(load_config(), run_dir=f.run_dir, resume=f.resume).run()
     except USER_ERRORS as err:
         return _user_error(err)
     print(f"stopped after epoch {summary['last_epoch']}: {summary['stop_reason']}")
@@ -128,7 +138,7 @@ def _evaluate(argv: list[str]) -> int:
     try:
         if (f.checkpoint is None) == (f.adapter is None):
             raise ConfigError("evaluate: pass exactly one of --checkpoint or --adapter")
-        config = as_run_config(f.config)
+        config = load_config()
         batch = config.generator.sampling.batch_size
         if f.num_examples < 1 or f.num_examples % batch:
             raise ConfigError(f"--num_examples ({f.num_examples}) must be a positive multiple of "
@@ -195,7 +205,7 @@ def _export(argv: list[str]) -> int:
     setup_logging()
     f = flags.FLAGS
     try:
-        config = as_run_config(f.config)
+        config = load_config()
         if config.generator.lora_rank < 1:
             raise ConfigError("export: config.generator.lora_rank is 0 (full fine-tuning); only "
                               "LoRA adapters can be exported in the PEFT format")

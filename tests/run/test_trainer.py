@@ -100,6 +100,10 @@ def test_convergence_stops_with_a_reason(tmp_path):
     assert not tracker.update(2, {"golden/accuracy": 0.505})   # below min_delta: 1 bad epoch
     assert tracker.update(3, {"golden/accuracy": 0.50})        # 2 bad epochs: converged
     assert tracker.best == 0.5 and tracker.best_epoch == 1
+    # An epoch that kept no example is never an improvement, whatever its score.
+    fresh = ConvergenceTracker("golden/accuracy", "max", patience=2)
+    assert not fresh.update(1, {"golden/accuracy": 0.9}, counts=False)
+    assert fresh.best is None and fresh.bad_epochs == 1
     with pytest.raises(ValueError, match="not a logged metric"):
         tracker.update(4, {"golden/loss": 1.0})
 
