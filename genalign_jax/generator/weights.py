@@ -23,9 +23,11 @@ from genalign_jax.generator.llama_config import LlamaConfig, from_hf_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["llama_checkpoint_map", "load_llama", "abstract_llama"]
+__all__ = ["HF_LINEAR_NAMES", "llama_checkpoint_map", "load_llama", "abstract_llama"]
 
-_LINEARS = {
+# Our stacked-layer module paths -> the Hugging Face module names inside model.layers.{i}
+# (also the PEFT adapter names: genalign_jax.run.export).
+HF_LINEAR_NAMES = {
     "attn/q_proj": "self_attn.q_proj", "attn/k_proj": "self_attn.k_proj",
     "attn/v_proj": "self_attn.v_proj", "attn/o_proj": "self_attn.o_proj",
     "mlp/gate_proj": "mlp.gate_proj", "mlp/up_proj": "mlp.up_proj",
@@ -43,7 +45,7 @@ def llama_checkpoint_map(config: LlamaConfig) -> dict[str, hf_checkpoint.TensorS
         "layers/post_attention_layernorm/scale": hf_checkpoint.TensorSpec(
             "model.layers.{layer}.post_attention_layernorm.weight", stacked=True),
     }
-    for ours, theirs in _LINEARS.items():
+    for ours, theirs in HF_LINEAR_NAMES.items():
         spec[f"layers/{ours}/kernel"] = hf_checkpoint.TensorSpec(
             f"model.layers.{{layer}}.{theirs}.weight", transform=np.transpose, stacked=True)
     if not config.tie_word_embeddings:
