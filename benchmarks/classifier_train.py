@@ -33,12 +33,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from genalign_jax import classifier as clf_lib  # noqa: E402
-from genalign_jax.models.roberta import get_preset  # noqa: E402
+from genalign_jax.classifier.encoder_config import get_preset  # noqa: E402
+from genalign_jax.classifier.model import place_params, put_rows  # noqa: E402
+from genalign_jax.classifier.train import program_for  # noqa: E402
 
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="tiny_roberta", help="roberta.PRESETS name")
+    p.add_argument("--preset", default="tiny_roberta", help="genalign_jax.classifier.PRESETS name")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq_len", type=int, default=64)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -69,13 +71,12 @@ def bench_ours(config, tokens, mask, labels, steps: int, warmup: int) -> dict:
     classifier = clf_lib.build_classifier(config, tokenizer=object(), mesh="auto",
                                           max_length=tokens.shape[1])
     cfg = clf_lib.ClassifierConfig(num_labels=config.num_labels, batch_size=tokens.shape[0])
-    tx = clf_lib._optimizer(cfg.grad_clip, cfg.adam_b1, cfg.adam_b2, cfg.adam_eps)
-    step = clf_lib._jitted("train", classifier.graphdef, tx, True)
-    params = clf_lib._jitted("copy", classifier.graphdef)(classifier.params)
+    program = program_for(classifier, cfg)  # dropout on, as in training
+    step = program.train_step
+    params = program.copy(classifier.params)
     mesh = classifier.mesh
-    opt_state = clf_lib._place_params(tx.init(params), mesh)
-    args = [clf_lib._put(a, mesh) for a in (tokens, mask, labels,
-                                            np.ones(len(labels), np.float32))]
+    opt_state = place_params(program.init_opt_state(params), mesh)
+    args = [put_rows(a, mesh) for a in (tokens, mask, labels, np.ones(len(labels), np.float32))]
     key = jax.random.wrap_key_data(jnp.zeros((4,), jnp.uint32), impl="rbg")
     scalars = (np.float32(2e-5), np.float32(0.01), np.float32(0.0), key)  # lr, decay, smoothing
     t0 = time.perf_counter()

@@ -22,10 +22,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
-from genalign_jax import sharding as sharding_lib
 from genalign_jax import hf_checkpoint
-from genalign_jax.models.roberta import (EncoderClassifier, EncoderConfig, abstract_state,
-                                         from_hf_config, init_head_state, init_pooler_state)
+from genalign_jax import sharding as sharding_lib
+from genalign_jax.classifier.encoder import (
+    EncoderClassifier,
+    abstract_state,
+    init_head_state,
+    init_pooler_state,
+)
+from genalign_jax.classifier.encoder_config import EncoderConfig, from_hf_config
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Tokenising texts for the encoder and padding them into bucketed, fixed-shape batches.
+"""Classifier text batching: tokenising texts and padding them into bucketed, fixed-shape batches.
 
 Compiled functions are keyed by input shapes, so every batch is padded to a
 fixed number of rows and to a length from a small set of buckets: a run sees
