@@ -29,7 +29,7 @@ __all__ = [
     "ConfigError", "SamplingSection", "GeneratorSection", "ClassifierSection", "DataSection",
     "LoopSection", "MeshSection", "LoggingSection", "CheckpointSection", "RunConfig",
     "base_config", "PPO_DERIVED_FIELDS", "CONVERGENCE_METRICS", "RESUMABLE_FIELDS",
-    "config_differences",
+    "config_differences", "flatten",
 ]
 
 
@@ -290,11 +290,12 @@ class RunConfig:
                               f"config.loop.rollouts_per_epoch ({n}): each group needs samples")
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": (1, 2)}}`` -> ``{"a.b": [1, 2]}``: dotted field names (tuples as lists)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
     return out
@@ -308,7 +309,7 @@ def config_differences(stored: Mapping[str, Any], current: RunConfig
     Blocking differences change what the run is (dataset, models, LoRA shape, seeds, reward...);
     allowed ones are :data:`RESUMABLE_FIELDS` (epochs, patience, logging, ...).
     """
-    old, new = _flat(stored), _flat(current.to_dict())
+    old, new = flatten(stored), flatten(current.to_dict())
     blocking, allowed = {}, {}
     for name in sorted(set(old) | set(new)):
         if old.get(name) == new.get(name):

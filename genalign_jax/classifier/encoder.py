@@ -38,6 +38,7 @@ __all__ = [
     "ClassificationHead",
     "EncoderClassifier",
     "encoder_positions",
+    "run_layers",
     "init_head_state",
     "init_pooler_state",
     "create_encoder_classifier",
@@ -165,6 +166,22 @@ def encoder_positions(mask: jax.Array, config: EncoderConfig) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(mask.shape[-1], dtype=jnp.int32), mask.shape)
 
 
+def run_layers(graphdef: nnx.GraphDef, layer_state: nnx.State, x: jax.Array, key_mask: jax.Array,
+               layer_keys: jax.Array | None = None) -> jax.Array:
+    """Runs stacked layers (``layer_state`` has a leading layer axis) over ``x`` with one scan.
+
+    Any contiguous slice of the stack works, so callers can split the encoder (influence
+    differentiates only its top layers).  ``layer_keys``: one dropout key per layer, or None.
+    """
+
+    def body(h, xs):
+        state, key = xs
+        return nnx.merge(graphdef, state)(h, key_mask, key), None
+
+    x, _ = jax.lax.scan(body, x, (layer_state, layer_keys))
+    return x
+
+
 class Encoder(nnx.Module):
     """Embeddings, stacked layers and (BERT) the pooler."""
 
@@ -200,15 +217,8 @@ class Encoder(nnx.Module):
             layer_keys = jax.random.split(layers_key, cfg.num_layers)
         x = self.embeddings(tokens, positions, token_type_ids)
         x = constrain_batch(_dropout(x, cfg.hidden_dropout, emb_key))
-        key_mask = mask.astype(bool)
         graphdef, layer_state = nnx.split(self.layers)
-
-        def body(h, xs):
-            state, key = xs
-            return nnx.merge(graphdef, state)(h, key_mask, key), None
-
-        x, _ = jax.lax.scan(body, x, (layer_state, layer_keys))
-        return x
+        return run_layers(graphdef, layer_state, x, mask.astype(bool), layer_keys)
 
     def pool(self, hidden: jax.Array) -> jax.Array:
         """BERT pooler output ``tanh(dense(hidden[:, 0]))``."""

@@ -32,7 +32,7 @@ from flax import nnx
 
 from genalign_jax import sharding as sharding_lib
 
-__all__ = ["ClassifierProgram", "cross_entropy", "decays", "example_losses"]
+__all__ = ["ClassifierProgram", "GraphKey", "cross_entropy", "decays", "example_losses"]
 
 
 def decays(path: str) -> bool:
@@ -59,7 +59,7 @@ def _optimizer(grad_clip: float | None, b1: float, b2: float,
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class _Graph:
+class GraphKey:
     """A ``GraphDef`` as a static jit argument, its hash computed once."""
 
     graphdef: nnx.GraphDef
@@ -71,7 +71,7 @@ class _Graph:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Graph) and (other.graphdef is self.graphdef
+        return isinstance(other, GraphKey) and (other.graphdef is self.graphdef
                                               or other.graphdef == self.graphdef)
 
 
@@ -95,7 +95,7 @@ class ClassifierProgram:
 
     def __post_init__(self):
         # GraphDef hashing walks the whole graph (~0.1 ms): hash once, not on every jitted call.
-        object.__setattr__(self, "_graph", _Graph(self.graphdef))
+        object.__setattr__(self, "_graph", GraphKey(self.graphdef))
         object.__setattr__(self, "_hash", hash((self._graph, self.grad_clip, self.adam_b1,
                                                 self.adam_b2, self.adam_eps, self.dropout)))
 
@@ -132,6 +132,16 @@ class ClassifierProgram:
                    mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Mean-pooled and first-token final hidden states, both ``[B, D]`` float32."""
         return _embed_step(self._graph, params, tokens, mask)
+
+    def adam_moments(self, opt_state: Any) -> tuple[jax.Array, jax.Array]:
+        """``(count, nu)`` of Adam in ``opt_state``: the step count and the second moment, one
+        flat vector in ``jax.tree.leaves(params)`` order (as ``optax.flatten`` keeps it)."""
+        found = [s for s in jax.tree.leaves(
+            opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+            if isinstance(s, optax.ScaleByAdamState)]
+        if len(found) != 1:
+            raise ValueError("the optimiser state has no (or several) Adam states")
+        return found[0].count, found[0].nu
 
     def copy(self, tree: Any) -> Any:
         """A device copy of ``tree`` (training donates its copy, never the pretrained weights)."""

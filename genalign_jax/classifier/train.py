@@ -10,6 +10,9 @@
   scalars, so repeated calls with the same shapes compile nothing.
 * With a mesh, parameters are replicated and batch rows split over the data axes
   (rows rounded up to ``sharding.batch_multiple(mesh)``).
+* ``keep_checkpoints=T`` also keeps T ``TrainCheckpoint``s at evenly spaced steps
+  (weights, Adam's second moment and step count, learning rates, the loss definition):
+  what ``influence.influence_scores`` needs.  With T = 0 nothing extra is copied.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from genalign_jax.compile_counter import compile_count
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClassifierConfig", "TrainStats", "train_classifier", "program_for", "lr_at"]
+__all__ = ["ClassifierConfig", "TrainCheckpoint", "TrainStats", "train_classifier", "program_for",
+           "lr_at", "checkpoint_steps"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +92,41 @@ _CONFIG_RULES = {
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainCheckpoint:
+    """The classifier at one training step, as influence credit needs it.
+
+    Attributes:
+      step: number of updates done; ``params`` are the weights after them (θ_t).
+      learning_rate: η_t, the learning rate of the update that produced ``params``.
+      lr_sum: the sum of the learning rates of the updates since the previous checkpoint
+        (TracIn-CP's step size for the segment this checkpoint stands for).
+      params: the weights θ_t (a device copy).
+      nu: Adam's second moment after ``step`` updates, one flat float32 vector in
+        ``jax.tree.leaves(params)`` order; ``count``: Adam's step count (== ``step``).
+      adam_b2, adam_eps: for the bias-corrected preconditioner
+        ``1 / (sqrt(nu / (1 - b2**count)) + eps)``.
+      label_smoothing, class_weights: the training loss: example i's loss is
+        ``class_weights[y_i] * cross_entropy(logits_i, y_i, label_smoothing)``.
+    """
+
+    step: int
+    learning_rate: float
+    lr_sum: float
+    params: nnx.State
+    nu: jax.Array
+    count: int
+    adam_b2: float
+    adam_eps: float
+    label_smoothing: float
+    class_weights: np.ndarray
+
+    def adam_preconditioner(self) -> jax.Array:
+        """Adam's diagonal preconditioner at this step, flat like ``nu``."""
+        nu_hat = self.nu / (1.0 - self.adam_b2 ** self.count)
+        return 1.0 / (jnp.sqrt(nu_hat) + self.adam_eps)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainStats:
     """What one ``train_classifier`` call did.
 
@@ -104,6 +143,7 @@ class TrainStats:
     seconds: float
     examples_per_second: float
     compiles: int
+    checkpoints: tuple[TrainCheckpoint, ...] = ()
 
 
 def program_for(classifier: TextClassifier, config: ClassifierConfig) -> ClassifierProgram:
@@ -118,6 +158,14 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * step / max(1, warmup)
     return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def checkpoint_steps(total: int, count: int) -> tuple[int, ...]:
+    """Update counts after which ``count`` checkpoints are kept: evenly spaced, the last one
+    being the end of training (``round(k * total / count)``, k = 1..count, at least 1)."""
+    if count < 0:
+        raise ValueError(f"keep_checkpoints must be >= 0, got {count}")
+    return tuple(sorted({max(1, round(k * total / count)) for k in range(1, count + 1)}))
 
 
 def _check(classifier: TextClassifier, config: ClassifierConfig) -> None:
@@ -144,13 +192,16 @@ def _example_weights(y: np.ndarray, config: ClassifierConfig) -> np.ndarray:
 
 def train_classifier(classifier: TextClassifier, texts: Sequence[str],
                      labels: Sequence[int] | np.ndarray, config: ClassifierConfig,
-                     rng: int | jax.Array | None = None) -> tuple[TextClassifier, TrainStats]:
+                     rng: int | jax.Array | None = None, *, keep_checkpoints: int = 0,
+                     ) -> tuple[TextClassifier, TrainStats]:
     """Fine-tunes ``classifier`` on ``texts``/``labels`` and returns ``(trained, stats)``.
 
     With ``config.reinit_from_pretrained`` training starts from the pretrained
     encoder and a fresh head drawn from ``rng``; otherwise it continues from
     ``classifier.params``.  ``rng`` (int or key; default ``config.seed``) also
     drives shuffling and dropout, so equal inputs give equal results.
+    ``keep_checkpoints=T`` returns T ``TrainCheckpoint``s in ``stats.checkpoints``
+    (see ``checkpoint_steps``); keeping them copies weights and Adam's ``nu`` T times.
     """
     _check(classifier, config)
     y = batching.check_labelled_texts(texts, labels, config.num_labels, "train_classifier")
@@ -182,7 +233,9 @@ def train_classifier(classifier: TextClassifier, texts: Sequence[str],
     np_rng = np.random.default_rng(np.asarray(jax.random.key_data(shuffle_key)))
     smoothing = np.float32(config.label_smoothing)
     decay = np.float32(config.weight_decay)
-    losses, norms = [], []
+    losses, norms, checkpoints = [], [], []
+    keep = checkpoint_steps(total, keep_checkpoints) if keep_checkpoints else ()
+    lr_sum = 0.0
     step = 0
     with tqdm(total=total, desc="train classifier", disable=not config.show_progress,
               leave=False) as bar:
@@ -201,6 +254,11 @@ def train_classifier(classifier: TextClassifier, texts: Sequence[str],
                 losses.append(loss)
                 norms.append(norm)
                 step += 1
+                lr_sum += float(lr)
+                if step in keep:
+                    checkpoints.append(_checkpoint(program, params, opt_state, step, float(lr),
+                                                   lr_sum, config, weights_of))
+                    lr_sum = 0.0
                 bar.update(1)
     losses = np.asarray(jax.device_get(losses), np.float64)
     norms = np.asarray(jax.device_get(norms), np.float64)
@@ -209,10 +267,23 @@ def train_classifier(classifier: TextClassifier, texts: Sequence[str],
         num_examples=n, epochs=config.epochs, steps=total, losses=losses, grad_norms=norms,
         final_loss=float(losses[-steps_per_epoch:].mean()), seconds=seconds,
         examples_per_second=n * config.epochs / seconds,
-        compiles=compile_count() - compiles_before)
+        compiles=compile_count() - compiles_before, checkpoints=tuple(checkpoints))
     log.info("trained classifier: %d examples, %d steps, final loss %.4f, %.1f s",
              n, total, stats.final_loss, seconds)
     trained = classifier.replace(params=params, max_length=config.max_length,
                                  length_buckets=config.length_buckets,
                                  eval_batch_size=config.eval_batch_size)
     return trained, stats
+
+
+def _checkpoint(program: ClassifierProgram, params: nnx.State, opt_state: object, step: int,
+                lr: float, lr_sum: float, config: ClassifierConfig,
+                class_weights: np.ndarray) -> TrainCheckpoint:
+    """Copies of the weights and Adam's ``nu`` (the next step donates both)."""
+    count, nu = program.adam_moments(opt_state)
+    params, nu = program.copy((params, nu))
+    return TrainCheckpoint(step=step, learning_rate=lr, lr_sum=lr_sum, params=params, nu=nu,
+                           count=int(count), adam_b2=float(config.adam_b2),
+                           adam_eps=float(config.adam_eps),
+                           label_smoothing=float(config.label_smoothing),
+                           class_weights=class_weights.copy())

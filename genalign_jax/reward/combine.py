@@ -46,7 +46,9 @@ class RewardTerms:
     """Raw inputs of one reward computation (host values; anything array-like).
 
     Attributes:
-      golden_loss: scalar (``broadcast``) or ``(num_groups,)`` per-group losses (``groups``).
+      golden_loss: scalar (``broadcast``), ``(num_groups,)`` per-group losses (``groups``), or
+        ``(N,)`` per-sample estimated golden-loss changes ``-credit_i`` (``influence``: lower is
+        better, like a loss, so ``golden_loss_weight`` keeps its sign).
       inter, intra: batch class-distance scalars.
       per_sample_inter, per_sample_intra: ``(N,)`` per-sample distance terms.
       group_ids: ``(N,)`` group of each sample (``groups``); default :func:`group_assignments`.
@@ -137,7 +139,9 @@ def compute_reward(
 
     golden = _f64(terms.golden_loss)
     inter, intra = _f64(terms.inter), _f64(terms.intra)
-    for name, value, m in ((GOLDEN, golden, None), (INTER, inter, None), (INTRA, intra, None),
+    per_sample_golden = config.credit == "influence" and golden.ndim == 1
+    for name, value, m in ((GOLDEN, golden, mask if per_sample_golden else None),
+                           (INTER, inter, None), (INTRA, intra, None),
                            (PS_INTER, ps_inter, mask), (PS_INTRA, ps_intra, mask)):
         _check_finite(name, value, m)
     if inter.size != 1 or intra.size != 1:
@@ -147,9 +151,16 @@ def compute_reward(
     if config.credit == "groups" and golden.ndim == 0:
         # E.g. too few kept samples to split into groups: the loop trained one classifier.
         logger.warning("credit='groups' got a scalar golden_loss; broadcasting it to every sample")
-    if config.credit == "broadcast" or golden.ndim == 0:
+    if per_sample_golden:
+        if golden.shape != (n,):
+            raise ValueError(f"credit='influence' needs golden_loss of shape ({n},) (or a "
+                             f"scalar), got {golden.shape}")
+        golden = np.where(mask, golden, 0.0)
+        group_ids = np.arange(n)
+    elif config.credit in ("broadcast", "influence") or golden.ndim == 0:
         if golden.size != 1:
-            raise ValueError(f"credit='broadcast' needs a scalar golden_loss, got shape {golden.shape}")
+            raise ValueError(f"credit={config.credit!r} needs a scalar golden_loss, got shape "
+                             f"{golden.shape}")
         golden = golden.reshape(1)
         group_ids = np.zeros(n, np.int64)
     else:
@@ -166,14 +177,14 @@ def compute_reward(
     state = norm_state
     if config.normalize:
         state = state.replace(
-            golden_loss=state.golden_loss.update(golden),
+            golden_loss=state.golden_loss.update(golden[mask] if per_sample_golden else golden),
             inter=state.inter.update(inter if terms.inter_valid else []),
             intra=state.intra.update(intra if terms.intra_valid else []),
             per_sample_inter=state.per_sample_inter.update(ps_inter[inter_ok]),
             per_sample_intra=state.per_sample_intra.update(ps_intra[intra_ok]),
         )
 
-    golden_scalar = golden.mean()
+    golden_scalar = golden[mask].mean() if per_sample_golden and mask.any() else golden.mean()
     z_golden_scalar = _transform(state.golden_loss, golden_scalar, config)
     z_golden = _transform(state.golden_loss, golden, config)
     z_inter = _transform(state.inter, inter, config) if terms.inter_valid else _f64(0.0)
@@ -190,6 +201,7 @@ def compute_reward(
     per_sample = np.where(mask, w_g * z_golden[group_ids] + dist, 0.0).astype(np.float32)
 
     valid_rewards = per_sample[mask]
+    golden_valid = golden[mask] if per_sample_golden else golden
     info: dict[str, float] = {
         "reward/scalar": scalar,
         "reward/per_sample_mean": float(valid_rewards.mean()) if valid_rewards.size else 0.0,
@@ -197,8 +209,8 @@ def compute_reward(
         "reward/per_sample_min": float(valid_rewards.min()) if valid_rewards.size else 0.0,
         "reward/per_sample_max": float(valid_rewards.max()) if valid_rewards.size else 0.0,
         f"raw/{GOLDEN}": float(golden_scalar),
-        f"raw/{GOLDEN}_group_min": float(golden.min()),
-        f"raw/{GOLDEN}_group_max": float(golden.max()),
+        f"raw/{GOLDEN}_group_min": float(golden_valid.min()) if golden_valid.size else 0.0,
+        f"raw/{GOLDEN}_group_max": float(golden_valid.max()) if golden_valid.size else 0.0,
         f"raw/{INTER}": float(inter),
         f"raw/{INTRA}": float(intra),
         f"raw/{PS_INTER}_mean": float(ps_inter[inter_ok].mean()) if inter_ok.any() else 0.0,

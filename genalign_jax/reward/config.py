@@ -22,7 +22,10 @@ INTRA = "intra"
 PS_INTER = "per_sample_inter"
 PS_INTRA = "per_sample_intra"
 TERM_NAMES: tuple[str, ...] = (GOLDEN, INTER, INTRA, PS_INTER, PS_INTRA)
-CREDIT_MODES: tuple[str, ...] = ("broadcast", "groups")
+CREDIT_MODES: tuple[str, ...] = ("influence", "broadcast", "groups")
+INFLUENCE_PARAMS: tuple[str, ...] = ("head", "head+last_k", "all")
+INFLUENCE_PRECONDITIONERS: tuple[str, ...] = ("adam", "sgd")
+INFLUENCE_NORMALIZATIONS: tuple[str, ...] = ("none", "unit", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,13 +36,23 @@ class RewardConfig:
       golden_loss_weight: weight of the golden loss; negative because lower loss is better.
       inter_weight: weight of inter-class distance; positive rewards separated classes.
       intra_weight: weight of intra-class distance; positive rewards diversity within a class.
-      credit: ``"broadcast"`` or ``"groups"`` per-sample golden credit.
+      credit: per-sample golden credit, ``"influence"`` (default), ``"broadcast"`` or ``"groups"``
+        (see :mod:`genalign_jax.reward.credit`).
       num_groups: number of groups (classifiers) per batch when ``credit == "groups"`` (>= 2).
       per_sample_distance: per-sample rewards use each sample's own distance terms (else the
         batch distance terms are broadcast).
       normalize: standardise every term with its running mean/std.
       clip: clip each (normalised) term to ``[-clip, clip]``; ``None`` disables.
       eps: added to the running std before dividing.
+      influence_params: parameters the influence inner product runs over: ``"head"``,
+        ``"head+last_k"`` (head + the last ``influence_last_k`` encoder layers) or ``"all"``.
+      influence_last_k: encoder layers for ``"head+last_k"``.
+      influence_checkpoints: classifier checkpoints T (evenly spaced steps) summed over.
+      influence_preconditioner: ``"adam"`` (1/(sqrt(v_hat)+eps), as the classifier trains) or
+        ``"sgd"`` (identity).
+      influence_normalize: per-example gradient normalisation, ``"none"``, ``"unit"`` (unit-norm
+        per example) or ``"cosine"`` (unit-norm example and golden gradients).
+      influence_golden_size: golden examples for the golden gradient (0 = all of the split).
       invalid_reward: sequence reward of a completion the parser rejected.
       distance_metric: embedding distance of the class terms, one of ``METRICS``.
     """
@@ -47,12 +60,18 @@ class RewardConfig:
     golden_loss_weight: float = -1.0
     inter_weight: float = 0.25
     intra_weight: float = 0.25
-    credit: Literal["broadcast", "groups"] = "broadcast"
+    credit: Literal["influence", "broadcast", "groups"] = "influence"
     num_groups: int = 1
     per_sample_distance: bool = True
     normalize: bool = True
     clip: float | None = 5.0
     eps: float = 1e-8
+    influence_params: str = "head"
+    influence_last_k: int = 1
+    influence_checkpoints: int = 3
+    influence_preconditioner: str = "adam"
+    influence_normalize: str = "unit"
+    influence_golden_size: int = 0
     invalid_reward: float = -1.0
     distance_metric: str = "cosine"
 
@@ -68,6 +87,18 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.num_groups must be >= 1, got {self.num_groups}")
         if self.clip is not None and not float(self.clip) > 0:
             raise ValueError(f"RewardConfig.clip must be > 0 or None, got {self.clip}")
+        for name, allowed in (("influence_params", INFLUENCE_PARAMS),
+                              ("influence_preconditioner", INFLUENCE_PRECONDITIONERS),
+                              ("influence_normalize", INFLUENCE_NORMALIZATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"RewardConfig.{name} must be one of {allowed}, "
+                                 f"got {getattr(self, name)!r}")
+        if int(self.influence_checkpoints) < 1 or int(self.influence_last_k) < 1:
+            raise ValueError("RewardConfig.influence_checkpoints and influence_last_k must be "
+                             f">= 1, got {self.influence_checkpoints} and {self.influence_last_k}")
+        if int(self.influence_golden_size) < 0:
+            raise ValueError(f"RewardConfig.influence_golden_size must be >= 0 (0 = all), got "
+                             f"{self.influence_golden_size}")
         if not math.isfinite(float(self.invalid_reward)):
             raise ValueError(f"RewardConfig.invalid_reward must be finite, got {self.invalid_reward}")
         if self.distance_metric not in METRICS:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from absl import app, flags
@@ -74,6 +75,18 @@ def load_config() -> RunConfig:
                           ) from err
 
 
+def _define_config_and_checkpoint(example: str) -> None:
+    """``--config`` and ``--checkpoint``, shared by every command that opens a trained run."""
+    config_flags.DEFINE_config_file(
+        "config", None, f"Config file used for training, e.g. {example}.", lock_config=True)
+    flags.DEFINE_string("checkpoint", None, "A run's checkpoint folder: <run_dir>/checkpoint_epoch_N.")
+
+
+def _main(define: Callable[[], None], main: Callable[[list[str]], int]) -> None:
+    define()
+    app.run(main, flags_parser=parse_flags)
+
+
 def _user_error(err: BaseException) -> int:
     print(f"error: {err}", file=sys.stderr)
     return 2
@@ -107,18 +120,14 @@ def _train(argv: list[str]) -> int:
 
 def train_main() -> None:
     """``genalign-train``: align the generator with PPO until the golden metrics converge."""
-    define_train_flags()
-    app.run(_train, flags_parser=parse_flags)
+    _main(define_train_flags, _train)
 
 
 # ---------------------------------------------------------------------------- evaluate
 
 def define_evaluate_flags() -> None:
     """The flags of ``genalign-evaluate``."""
-    config_flags.DEFINE_config_file(
-        "config", None, "Config file used for training, e.g. configs/sst2.py:tiny.",
-        lock_config=True)
-    flags.DEFINE_string("checkpoint", None, "A run's checkpoint folder: <run_dir>/checkpoint_epoch_N.")
+    _define_config_and_checkpoint("configs/sst2.py:tiny")
     flags.DEFINE_string("adapter", None, "A PEFT adapter folder (from genalign-export) instead of "
                                          "--checkpoint.")
     flags.DEFINE_integer("num_examples", 256, "Synthetic examples per generator and seed.")
@@ -181,18 +190,14 @@ def _evaluate(argv: list[str]) -> int:
 
 def evaluate_main() -> None:
     """``genalign-evaluate``: aligned vs base generator (and real data) on the real test set."""
-    define_evaluate_flags()
-    app.run(_evaluate, flags_parser=parse_flags)
+    _main(define_evaluate_flags, _evaluate)
 
 
 # ---------------------------------------------------------------------------- export
 
 def define_export_flags() -> None:
     """The flags of ``genalign-export``."""
-    config_flags.DEFINE_config_file(
-        "config", None, "Config file used for training, e.g. configs/sst2.py:embedded.",
-        lock_config=True)
-    flags.DEFINE_string("checkpoint", None, "A run's checkpoint folder: <run_dir>/checkpoint_epoch_N.")
+    _define_config_and_checkpoint("configs/sst2.py:embedded")
     flags.DEFINE_string("out", None, "Output folder of the PEFT adapter.")
     flags.DEFINE_enum("dtype", "float16", ["float16", "bfloat16", "float32"],
                       "Storage dtype of the adapter tensors.")
@@ -223,5 +228,4 @@ def _export(argv: list[str]) -> int:
 
 def export_main() -> None:
     """``genalign-export``: a checkpoint's LoRA adapters as a Hugging Face PEFT adapter folder."""
-    define_export_flags()
-    app.run(_export, flags_parser=parse_flags)
+    _main(define_export_flags, _export)

@@ -18,7 +18,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunLogger", "flatten", "read_jsonl", "truncate_jsonl"]
+__all__ = ["RunLogger", "read_jsonl", "truncate_jsonl"]
 
 
 def _scalar(value: Any) -> float | None:
@@ -131,13 +131,3 @@ def truncate_jsonl(path: str | os.PathLike, last_epoch: int) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (config fields as TensorBoard hparams)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -31,12 +31,12 @@ import numpy as np
 
 from genalign_jax import ppo
 from genalign_jax.compile_counter import compile_count
-from genalign_jax.config import RunConfig
+from genalign_jax.config import RunConfig, flatten
 from genalign_jax.run import checkpoint as ckpt
 from genalign_jax.run.components import Components, build_components, describe_devices
 from genalign_jax.run.convergence import ConvergenceTracker
 from genalign_jax.run.lock import RunLock
-from genalign_jax.run.logger import RunLogger, flatten
+from genalign_jax.run.logger import RunLogger
 from genalign_jax.run.rollouts import Rollouts, distinct_n, sample_rollouts
 from genalign_jax.run.scoring import score_rollouts
 
@@ -170,6 +170,8 @@ class Trainer:
         metrics.update({f"gen/rejected/{k}": v for k, v in parse.rejected.items()})
         self.logger.scalars(epoch, metrics)
         self.logger.histogram(epoch, "reward/sequence", scores.rewards)
+        if scores.credit is not None:
+            self.logger.histogram(epoch, "credit/influence", scores.credit)
         self.logger.text(epoch, "samples", self._samples_markdown(rollouts))
         self.logger.flush()
         return metrics
@@ -237,7 +239,7 @@ class Trainer:
             self._lock = None
 
 
-_STAGES = ("generate", "classifier", "embed", "distances", "rollout", "ppo")
+_STAGES = ("generate", "classifier", "credit", "embed", "distances", "rollout", "ppo")
 
 
 def _stage_times(metrics: dict[str, float]) -> str:

@@ -32,7 +32,7 @@ def _terms(golden=0.5, n=6, seed=0, **kw) -> RewardTerms:
 def test_default_signs_are_documented_values():
     cfg = RewardConfig()
     assert (cfg.golden_loss_weight, cfg.inter_weight, cfg.intra_weight) == (-1.0, 0.25, 0.25)
-    assert cfg.credit == "broadcast" and cfg.normalize and cfg.clip == 5.0
+    assert cfg.credit == "influence" and cfg.normalize and cfg.clip == 5.0
 
 
 def test_raw_weights_and_signs_broadcast():
@@ -212,3 +212,23 @@ def test_terms_from_class_metrics():
     np.testing.assert_allclose(per_sample, expected, rtol=1e-6)
     assert psi[2] == psi[3] == 0.0 and psi[0] > 0 and info["valid/per_sample_intra_frac"] == 0.5
     assert info["raw/intra"] == pytest.approx(float(metrics.intra)) and info["raw/intra"] > 0
+
+
+def test_influence_credit_gives_each_sample_its_own_golden_term():
+    cfg = RewardConfig(credit="influence", normalize=False, clip=None, inter_weight=0,
+                       intra_weight=0)
+    credit = np.array([0.3, -0.1, 0.0, 0.2, 9.0, 9.0])       # last two rows are padding
+    mask = np.array([1, 1, 1, 1, 0, 0], bool)
+    _, per_sample, _, info = compute_reward(_terms(golden=-credit, sample_mask=mask), cfg,
+                                            RewardNormalizerState.init())
+    np.testing.assert_allclose(per_sample, np.where(mask, credit, 0.0), rtol=1e-6)
+    assert info["raw/golden_loss"] == pytest.approx(-credit[mask].mean())
+    normed = RewardConfig(credit="influence", clip=None, inter_weight=0, intra_weight=0)
+    _, z, state, _ = compute_reward(_terms(golden=-credit, sample_mask=mask), normed,
+                                    RewardNormalizerState.init())
+    valid = -credit[mask]
+    np.testing.assert_allclose(z[mask], -(valid - valid.mean()) / (valid.std() + normed.eps),
+                               rtol=1e-6)
+    assert float(state.golden_loss.count) == 4
+    with pytest.raises(ValueError, match="influence_params"):
+        RewardConfig(influence_params="layers")
