@@ -137,6 +137,42 @@ def tree_bytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
+def mixed_length_prompts(batch: int, prompt_len: int, vocab_size: int,
+                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random left-padded prompts ``(tokens, mask)`` [batch, prompt_len] int32 of mixed lengths.
+
+    Lengths are uniform in [prompt_len // 2, prompt_len] and row 0 is full length; padding is 0.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(max(1, prompt_len // 2), prompt_len + 1, size=batch)
+    lengths[0] = prompt_len
+    tokens = rng.integers(3, vocab_size, size=(batch, prompt_len)).astype(np.int32)
+    mask = (np.arange(prompt_len)[None] >= prompt_len - lengths[:, None]).astype(np.int32)
+    return np.where(mask == 1, tokens, 0), mask
+
+
+def decode_floor(config: LlamaConfig, state, batch: int, prompt_len: int, new_tokens: int,
+                 cache_len: int, bandwidth: float) -> dict:
+    """Bandwidth floor of one decode step: bytes it must read / ``bandwidth`` (bytes/s).
+
+    Bytes = every parameter in ``state`` (LoRA adapters included, the embedding table excluded
+    unless tied: decode gathers B rows of it) + the KV cache, counted two ways: the valid slots
+    of an average step (``prompt_len + new_tokens / 2``, ideal) and the whole preallocated cache
+    of ``cache_len`` slots (what our attention reads).  ``state`` may hold abstract arrays.
+    """
+    weight_bytes = tree_bytes(state)
+    if not config.tie_word_embeddings:  # decode gathers B embedding rows, not the table
+        weight_bytes -= tree_bytes(state["embed_tokens"])
+    itemsize = jnp.dtype(config.dtype).itemsize
+    per_slot = 2 * config.num_layers * batch * config.num_kv_heads * config.head_dim * itemsize
+    ideal_kv = per_slot * (prompt_len + new_tokens / 2)
+    full_kv = per_slot * cache_len
+    return {"copy_bandwidth_GBps": bandwidth / 1e9, "weight_bytes": weight_bytes,
+            "kv_bytes_ideal_avg": ideal_kv, "kv_bytes_full_cache": full_kv,
+            "floor_ms_ideal": 1e3 * (weight_bytes + ideal_kv) / bandwidth,
+            "floor_ms_full_cache": 1e3 * (weight_bytes + full_kv) / bandwidth}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="bench_tiny",
@@ -171,12 +207,7 @@ def main() -> None:
     config = ours.config
     b, p, n = args.batch, args.prompt_len, args.new_tokens
 
-    rng = np.random.default_rng(args.seed)
-    lengths = rng.integers(max(1, p // 2), p + 1, size=b)
-    lengths[0] = p
-    tokens = rng.integers(3, config.vocab_size, size=(b, p)).astype(np.int32)
-    mask = (np.arange(p)[None] >= p - lengths[:, None]).astype(np.int32)
-    tokens = np.where(mask == 1, tokens, 0)
+    tokens, mask = mixed_length_prompts(b, p, config.vocab_size, args.seed)
     # Our sampler runs on prompts shaped like the loop's (left-padded to a power-of-two bucket);
     # HF gets the unpadded batch.
     bucket_tokens, bucket_mask, _ = pad_prompts(tokens, mask, pad_id=0)
@@ -250,20 +281,7 @@ def main() -> None:
     # ----- bandwidth floor (accelerators)
     floor = None
     if backend != "cpu" or args.floor:
-        state = nnx.state(ours)
-        weight_bytes = tree_bytes(state)
-        if not config.tie_word_embeddings:  # decode gathers B embedding rows, not the table
-            weight_bytes -= tree_bytes(state["embed_tokens"])
-        itemsize = jnp.dtype(config.dtype).itemsize
-        per_slot = 2 * config.num_layers * b * config.num_kv_heads * config.head_dim * itemsize
-        cache_len = bucket + n
-        bw = copy_bandwidth()
-        ideal_kv = per_slot * (p + n / 2)
-        full_kv = per_slot * cache_len
-        floor = {"copy_bandwidth_GBps": bw / 1e9, "weight_bytes": weight_bytes,
-                 "kv_bytes_ideal_avg": ideal_kv, "kv_bytes_full_cache": full_kv,
-                 "floor_ms_ideal": 1e3 * (weight_bytes + ideal_kv) / bw,
-                 "floor_ms_full_cache": 1e3 * (weight_bytes + full_kv) / bw}
+        floor = decode_floor(config, nnx.state(ours), b, p, n, bucket + n, copy_bandwidth())
         floor["ours_vs_floor"] = rows[0]["ms_per_step"] / floor["floor_ms_ideal"]
 
     print(f"sampler: preset={args.preset} backend={backend} batch={b} prompt={p} new={n} "
