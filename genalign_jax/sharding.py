@@ -39,6 +39,7 @@ __all__ = [
     "batch_sharding",
     "constrain_batch",
     "maybe_initialize_distributed",
+    "to_host",
 ]
 
 AXES = ("data", "fsdp", "tensor")
@@ -191,8 +192,15 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
 
     With no arguments this relies on JAX's cluster auto-detection (SLURM, TPU,
     Kubernetes); with a coordinator address the three values must all be given.
-    Returns ``True`` if initialisation happened.
+    Returns ``True`` if initialisation happened, ``False`` if this process had already joined a
+    distributed job (a launcher, or an earlier call, initialised it): calling it twice is safe.
+    It must run before anything touches a JAX device (``jax.devices()``, ``jax.process_index()``,
+    any computation), else JAX raises a ``RuntimeError``.
     """
+    if jax.distributed.is_initialized():
+        log.info("jax.distributed is already initialised (process %d of %d)",
+                 jax.process_index(), jax.process_count())
+        return False
     if coordinator_address is None and num_processes is None and process_id is None:
         jax.distributed.initialize()
         return True
@@ -202,3 +210,23 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
     return True
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of the arrays in ``tree``, including arrays that span several processes.
+
+    ``np.asarray`` / ``jax.device_get`` fail on an array sharded over devices of other processes
+    (a multi-process run's batch-sharded outputs); those are gathered with
+    ``multihost_utils.process_allgather``, which is a collective: in a multi-process run every
+    process must call ``to_host`` on the same arrays in the same order.  Fully addressable and
+    fully replicated arrays (every single-process run) are fetched directly; non-array leaves
+    pass through ``np.asarray``.
+    """
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
