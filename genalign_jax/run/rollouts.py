@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from genalign_jax import data as data_lib
 from genalign_jax import generator as gen
+from genalign_jax import sharding as sharding_lib
 from genalign_jax.run.components import Components
 
 __all__ = ["Rollouts", "sample_rollouts", "distinct_n"]
@@ -37,7 +38,7 @@ class Rollouts:
 
     def completion_lengths(self) -> np.ndarray:
         """Tokens generated per row (stop token included), over every chunk."""
-        return np.concatenate([np.asarray(s.lengths) for s in self.samples])
+        return np.concatenate([sharding_lib.to_host(s.lengths) for s in self.samples])
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -65,8 +66,9 @@ def sample_rollouts(components: Components, n: int, rng_seed: Any, key: jax.Arra
         out = gen.generate(g.model, tokens[i:i + batch], mask[i:i + batch], sampling,
                            jax.random.fold_in(key, i))
         samples.append(out)
-        completions.extend(gen.decode_completions(g.tokenizer, out))
-        generated += int(np.asarray(out.lengths).sum())
+        host = sharding_lib.to_host(out)  # also gathers rows held by other processes
+        completions.extend(gen.decode_completions(g.tokenizer, host))
+        generated += int(host.lengths.sum())
     parse = data_lib.parse_prompt_completions(prompts, completions, components.data.parse_config)
     return Rollouts(prompts, samples, completions, parse, generated,
                     time.perf_counter() - start, truncated)

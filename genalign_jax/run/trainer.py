@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from genalign_jax import ppo
+from genalign_jax import sharding as sharding_lib
 from genalign_jax.compile_counter import compile_count
 from genalign_jax.config import RunConfig, flatten
 from genalign_jax.run import checkpoint as ckpt
@@ -67,6 +68,11 @@ class Trainer:
         self.show_progress = show_progress
         self.run_dir = Path(run_dir or Path(c.output_dir) / (c.run_name or "run")).absolute()
         t0 = time.perf_counter()
+        if c.mesh.distributed:  # join the job before anything asks JAX for its process index
+            m = c.mesh
+            sharding_lib.maybe_initialize_distributed(
+                m.coordinator_address or None, m.num_processes or None,
+                m.process_id if m.coordinator_address else None)
         # Only process 0 writes the run folder (logs, metrics, config); orbax coordinates the
         # checkpoint writes of every process itself.
         self.is_writer = jax.process_index() == 0
