@@ -104,25 +104,37 @@ class RMSNorm(nnx.Module):
 
 
 class KVCache(NamedTuple):
-    """Preallocated keys/values for every layer: ``[layers, batch, max_len, kv_heads, head_dim]``."""
+    """Preallocated keys/values, one buffer pair per layer.
 
-    k: jax.Array
-    v: jax.Array
+    ``k[i]`` is ``[batch, kv_heads, head_dim, max_len]`` and ``v[i]`` is
+    ``[batch, kv_heads, max_len, head_dim]``: the layouts the two attention matmuls read
+    (contracted axis before the kept one), so a decode step reads them without a transposed
+    copy.  Separate per-layer buffers (not one stacked ``[layers, ...]`` array) let a step
+    write its token into each layer's buffers in place and read them directly; slicing a
+    stacked cache copies the layer's whole slice on every read.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
 
     @classmethod
     def init(cls, config: LlamaConfig, batch_size: int, max_len: int,
              dtype: Any = None, sharding: jax.sharding.Sharding | None = None) -> "KVCache":
         """Zero cache for ``batch_size`` rows of up to ``max_len`` tokens."""
-        shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
-        dtype = jnp.dtype(dtype or config.dtype)
-        if sharding is None:
-            return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-        zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
-        return cls(zeros(), zeros())
+        b, kv, h, dtype = batch_size, config.num_kv_heads, config.head_dim, dtype or config.dtype
+
+        def zeros(shape):
+            if sharding is None:
+                return jnp.zeros(shape, dtype)
+            return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+
+        layers = range(config.num_layers)
+        return cls(tuple(zeros((b, kv, h, max_len)) for _ in layers),
+                   tuple(zeros((b, kv, max_len, h)) for _ in layers))
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.v[0].shape[2]
 
 
 class Attention(nnx.Module):
@@ -138,39 +150,46 @@ class Attention(nnx.Module):
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = h
 
-    def __call__(self, x, positions, inv_freq, attend_mask, cache_k, cache_v, cache_index, layer,
+    def __call__(self, x, positions, inv_freq, attend_mask, cache_k, cache_v, cache_index,
                  use_lora: bool = True):
-        """``cache_k``/``cache_v`` are the *stacked* caches of all layers (or ``None``).
+        """Returns ``(output, keys, values)``.
 
-        Only this layer's new keys/values are written (at ``[layer, :, cache_index]``), so
-        a decode step touches one token per layer instead of copying the layer's cache.
+        With this layer's cache buffers ``cache_k``/``cache_v`` the new keys/values are
+        written in place at slot ``cache_index``, the queries attend over the whole buffer
+        (``attend_mask`` hides unused slots) and the updated buffers are returned; without,
+        the keys/values of these tokens are returned (in the ``KVCache`` layouts).
         """
         b, t, _ = x.shape
         q = self.q_proj(x, use_lora).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x, use_lora).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x, use_lora).reshape(b, t, self.num_kv_heads, self.head_dim)
         q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq).transpose(0, 2, 3, 1)  # [B, kv, head_dim, T]
+        v = v.transpose(0, 2, 1, 3)  # [B, kv, T, head_dim]
         if cache_k is not None:
-            start = (layer, 0, cache_index, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
-            k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(q.dtype)
-            v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(q.dtype)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype),
+                                                   (0, 0, 0, cache_index))
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype),
+                                                   (0, 0, cache_index, 0))
+            k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
         out = _gqa_attention(q, k, v, attend_mask)
-        return self.o_proj(out.reshape(b, t, -1), use_lora), cache_k, cache_v
+        return self.o_proj(out.reshape(b, t, -1), use_lora), k, v
 
 
 def _gqa_attention(q, k, v, attend_mask):
-    """Softmax attention, logits and softmax in float32; ``attend_mask`` is [B, T, S]."""
+    """Softmax attention, logits and softmax in float32.
+
+    ``q`` is ``[B, T, heads, head_dim]``, ``k`` ``[B, kv, head_dim, S]``, ``v``
+    ``[B, kv, S, head_dim]`` (the ``KVCache`` layouts) and ``attend_mask`` ``[B, T, S]``.
+    """
     b, t, n, h = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
     q = q.reshape(b, t, kv, n // kv, h)
-    logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("btkgh,bkhs->bkgts", q, k, preferred_element_type=jnp.float32)
     logits = logits / math.sqrt(h)
     logits = jnp.where(attend_mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    out = jnp.einsum("bkgts,bksh->btkgh", probs, v)
     return out.reshape(b, t, n, h)
 
 
@@ -197,10 +216,10 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config=config)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, inv_freq, attend_mask, cache_k, cache_v, cache_index, layer,
-                 use_lora: bool = True):
+    def __call__(self, x, positions, inv_freq, attend_mask, cache_k=None, cache_v=None,
+                 cache_index=0, use_lora: bool = True):
         attn_out, cache_k, cache_v = self.attn(self.input_layernorm(x), positions, inv_freq,
-                                               attend_mask, cache_k, cache_v, cache_index, layer,
+                                               attend_mask, cache_k, cache_v, cache_index,
                                                use_lora)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x), use_lora)
@@ -237,11 +256,61 @@ class Llama(nnx.Module):
         else:
             self.lm_head = None
 
+    def layer_blocks(self) -> list[Block]:
+        """The stacked layers as one ``Block`` per layer (each holds a copy of its weights).
+
+        The cached forward runs these one after the other.  A sampler takes them once per
+        program, outside its decode loop, so that no decode step slices the stacked weights
+        (XLA copies a layer's slice of every weight for each read of a stacked array); the
+        price is one transient copy of the layer weights while the program runs.
+        """
+        graphdef, state = nnx.split(self.layers)
+        return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+                for i in range(self.config.num_layers)]
+
+    def _embed_and_mask(self, tokens, mask, positions, key_valid, cache_index):
+        """Embeddings, RoPE positions, the ``[B, T, S]`` attention mask and RoPE frequencies."""
+        b, t = tokens.shape
+        if mask is None:
+            mask = jnp.ones((b, t), jnp.int32)
+        if positions is None:
+            positions = default_positions(mask)
+        if key_valid is None:
+            key_valid = mask
+        dtype = jnp.dtype(self.config.dtype)
+        x = constrain_batch(jnp.take(self.embed_tokens[...], tokens, axis=0).astype(dtype))
+        query_slots = cache_index + jnp.arange(t)
+        key_slots = jnp.arange(key_valid.shape[1])
+        causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
+        attend_mask = causal[None] & key_valid.astype(bool)[:, None, :]  # [B, T, S]
+        return x, positions, attend_mask, jnp.asarray(rope_inverse_frequencies(self.config))
+
+    def _scan_layers(self, x, positions, inv_freq, attend_mask, use_lora, keep_kv: bool):
+        """The stacked layers as one ``jax.lax.scan``; with ``keep_kv`` also their keys/values."""
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def body(h, state):
+            h, k, v = nnx.merge(graphdef, state)(h, positions, inv_freq, attend_mask,
+                                                 use_lora=use_lora)
+            return h, ((k, v) if keep_kv else None)
+
+        if self.config.remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        return jax.lax.scan(body, x, layer_state)
+
     def forward(self, tokens: jax.Array, mask: jax.Array | None = None,
                 positions: jax.Array | None = None, cache: KVCache | None = None,
                 cache_index: jax.Array | int = 0, kv_mask: jax.Array | None = None,
-                use_lora: bool = True) -> tuple[jax.Array, KVCache | None]:
+                use_lora: bool = True,
+                layers: list[Block] | None = None) -> tuple[jax.Array, KVCache | None]:
         """Runs the decoder and returns ``(final normed hidden states [B, T, D], cache)``.
+
+        Without a cache the stacked layers run as one ``jax.lax.scan`` (training, PPO, scoring,
+        ``prefill``: compile time independent of depth).  With a cache (decode) they run one
+        after the other on per-layer weights and cache buffers (``layer_blocks``): a decode
+        step is bound by reading weights, and a scanned step would first copy each layer's
+        weight and cache slices out of the stacked arrays (XLA's dynamic-slice of a scanned
+        operand is a copy), which made it ~3x the memory traffic.
 
         Args:
           tokens: ``[B, T]`` token ids.
@@ -255,46 +324,47 @@ class Llama(nnx.Module):
             (required with a cache; slots beyond the written ones may be 0 or 1,
             the causal mask hides them).
           use_lora: ``False`` runs the base model with LoRA adapters switched off.
+          layers: with a cache, ``self.layer_blocks()`` taken once by the caller, outside
+            its decode loop (default: taken here, i.e. on every call).
         """
-        b, t = tokens.shape
-        if mask is None:
-            mask = jnp.ones((b, t), jnp.int32)
-        if positions is None:
-            positions = default_positions(mask)
-        dtype = jnp.dtype(self.config.dtype)
-        x = constrain_batch(jnp.take(self.embed_tokens[...], tokens, axis=0).astype(dtype))
-        query_slots = cache_index + jnp.arange(t)
         if cache is None:
-            key_valid = mask.astype(bool)
-            key_slots = jnp.arange(t)
-        else:
-            if kv_mask is None:
-                raise ValueError("Llama.forward: kv_mask is required when a cache is given")
-            key_valid = kv_mask.astype(bool)
-            key_slots = jnp.arange(cache.max_len)
-        causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
-        attend_mask = causal[None] & key_valid[:, None, :]  # [B, T, S]
-        inv_freq = jnp.asarray(rope_inverse_frequencies(self.config))
-
-        graphdef, layer_state = nnx.split(self.layers)
-
-        # The stacked cache rides in the scan carry so XLA updates it in place.
-        def body(carry, xs):
-            h, ck, cv = carry
-            state, layer = xs
-            block = nnx.merge(graphdef, state)
-            h, ck, cv = block(h, positions, inv_freq, attend_mask, ck, cv, cache_index, layer,
+            x, positions, attend_mask, inv_freq = self._embed_and_mask(tokens, mask, positions,
+                                                                       None, cache_index)
+            x, _ = self._scan_layers(x, positions, inv_freq, attend_mask, use_lora, False)
+            return self.norm(x), None
+        if kv_mask is None:
+            raise ValueError("Llama.forward: kv_mask is required when a cache is given")
+        x, positions, attend_mask, inv_freq = self._embed_and_mask(tokens, mask, positions,
+                                                                   kv_mask, cache_index)
+        new_k, new_v = [], []
+        blocks = self.layer_blocks() if layers is None else layers
+        for block, ck, cv in zip(blocks, cache.k, cache.v, strict=True):
+            x, ck, cv = block(x, positions, inv_freq, attend_mask, ck, cv, cache_index,
                               use_lora)
-            return (h, ck, cv), None
+            new_k.append(ck)
+            new_v.append(cv)
+        return self.norm(x), KVCache(tuple(new_k), tuple(new_v))
 
-        if self.config.remat:
-            body = jax.checkpoint(body, prevent_cse=False)
-        carry = (x, None, None) if cache is None else (x, cache.k, cache.v)
-        layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
-        (x, new_k, new_v), _ = jax.lax.scan(body, carry, (layer_state, layers))
-        hidden = self.norm(x)
-        new_cache = None if cache is None else KVCache(new_k, new_v)
-        return hidden, new_cache
+    def prefill(self, tokens: jax.Array, mask: jax.Array, positions: jax.Array | None = None,
+                *, max_len: int, use_lora: bool = True) -> tuple[jax.Array, KVCache]:
+        """Uncached (scanned) forward over a prompt that also returns its ``KVCache``.
+
+        The cache holds the prompt's keys/values in slots ``0 .. T`` of ``max_len``; it
+        equals ``forward`` with an empty cache at ``cache_index=0``, without unrolling the
+        layers for a call that runs once per generation.
+        """
+        t = tokens.shape[1]
+        if max_len < t:
+            raise ValueError(f"Llama.prefill: max_len {max_len} < prompt length {t}")
+        x, positions, attend_mask, inv_freq = self._embed_and_mask(tokens, mask, positions,
+                                                                   None, 0)
+        x, (k, v) = self._scan_layers(x, positions, inv_freq, attend_mask, use_lora, True)
+        extra = max_len - t
+        cache = KVCache(tuple(jnp.pad(k[i], ((0, 0), (0, 0), (0, 0), (0, extra)))
+                              for i in range(self.config.num_layers)),
+                        tuple(jnp.pad(v[i], ((0, 0), (0, 0), (0, extra), (0, 0)))
+                              for i in range(self.config.num_layers)))
+        return self.norm(x), cache
 
     def logits(self, hidden: jax.Array, use_lora: bool = True) -> jax.Array:
         """Projects hidden states to vocabulary logits (float32)."""

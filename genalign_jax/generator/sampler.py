@@ -13,12 +13,15 @@ Shapes and compilation
     prompt length, ``config.program_key()``); later calls with the same shapes
     compile nothing (``genalign_jax.compile_counter.CompileCounter`` counts).
     The program is a plain ``jax.jit`` over ``nnx.split(model)`` state (the
-    graph definition is a static argument).  The KV cache
-    ``[layers, B, P + N, kv_heads, head_dim]`` is allocated *inside* the
-    program: XLA owns the buffer and updates it in place across the
-    while-loop, which is what donating an outside buffer would achieve,
-    without shipping a cache in and out of every call.  Stop ids travel as an
-    array (padded to >= 4 slots), so changing them does not recompile either.
+    graph definition is a static argument).  The prefill is the model's scanned
+    forward (``Llama.prefill``) and builds the KV cache (one buffer pair per layer,
+    ``generator.llama.KVCache``) *inside* the program: XLA owns the buffers and
+    updates them in place across the while-loop, which is what donating an outside
+    buffer would achieve, without shipping a cache in and out of every call.  The
+    decode step runs the layers one after the other on per-layer weights sliced once
+    per call (``Llama.layer_blocks``), so no step copies weight or cache slices out of
+    stacked arrays.  Stop ids travel as an array (padded to >= 4 slots), so changing
+    them does not recompile either.
 
 Sharding
     A model whose parameters sit on a mesh (``load_llama(..., mesh=)`` or
@@ -70,7 +73,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genalign_jax import sharding as sharding_lib
-from genalign_jax.generator.llama import KVCache, default_positions
+from genalign_jax.generator.llama import default_positions
 from genalign_jax.generator.logits import sample_tokens
 from genalign_jax.generator.tokenize import check_prompt_batch, power_of_two_bucket
 
@@ -193,7 +196,7 @@ def _cache_spec(batch: int, kv_heads: int) -> P | None:
     batch_axes = tuple(a for a in sharding_lib.BATCH_AXES if a in names)
     rows = batch_axes if batch_axes and batch % sharding_lib.batch_multiple(mesh) == 0 else None
     heads = "tensor" if "tensor" in names and kv_heads % mesh.shape["tensor"] == 0 else None
-    return P(None, rows, None, heads, None)
+    return P(rows, heads, None, None)
 
 
 def _generate_impl(graphdef: nnx.GraphDef, state: nnx.State, prompt: jax.Array,
@@ -210,10 +213,6 @@ def _generate_impl(graphdef: nnx.GraphDef, state: nnx.State, prompt: jax.Array,
     use_lora = config.use_lora
     pad = jnp.int32(config.pad_token_id)
 
-    cache = KVCache.init(mcfg, b, p + n)
-    spec = _cache_spec(b, mcfg.num_kv_heads)
-    if spec is not None:
-        cache = KVCache(*(jax.lax.with_sharding_constraint(c, spec) for c in cache))
     kv_mask = jnp.concatenate([prompt_mask, jnp.ones((b, n), prompt_mask.dtype)], axis=1)
     prompt_positions = default_positions(prompt_mask)
     next_position = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)  # position of completion token 0
@@ -236,8 +235,13 @@ def _generate_impl(graphdef: nnx.GraphDef, state: nnx.State, prompt: jax.Array,
             hids = hids.at[:, j].set(hid.astype(hids.dtype))
         return tokens, lps, slps, live_buf, hids
 
-    hidden, cache = model.forward(prompt, prompt_mask, prompt_positions, cache=cache,
-                                  cache_index=0, kv_mask=kv_mask, use_lora=use_lora)
+    hidden, cache = model.prefill(prompt, prompt_mask, prompt_positions, max_len=p + n,
+                                  use_lora=use_lora)
+    spec = _cache_spec(b, mcfg.num_kv_heads)
+    if spec is not None:
+        cache = jax.lax.with_sharding_constraint(cache, spec)
+    # Per-layer weights, sliced once here, outside the decode loop (see Llama.forward).
+    layers = model.layer_blocks()
     last_hidden = hidden[:, -1]
     logits = model.logits(last_hidden, use_lora)
     bufs = (jnp.full((b, n), pad, jnp.int32), jnp.zeros((b, n), jnp.float32),
@@ -255,7 +259,8 @@ def _generate_impl(graphdef: nnx.GraphDef, state: nnx.State, prompt: jax.Array,
         j, cache, prev, done, bufs = carry
         positions = (next_position + j - 1)[:, None]
         hidden, cache = model.forward(prev[:, None], None, positions, cache=cache,
-                                      cache_index=p + j - 1, kv_mask=kv_mask, use_lora=use_lora)
+                                      cache_index=p + j - 1, kv_mask=kv_mask, use_lora=use_lora,
+                                      layers=layers)
         h = hidden[:, 0]
         tok, lp, slp, live, done = choose(j, model.logits(h, use_lora), done)
         return j + 1, cache, tok, done, record(bufs, j, tok, lp, slp, live, h)
