@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -12,6 +11,7 @@ from genalign_jax.classifier import batching
 from genalign_jax.classifier.evaluate import eval_rows
 from genalign_jax.classifier.model import TextClassifier, put_rows
 from genalign_jax.classifier.program import ClassifierProgram
+from genalign_jax.sharding import to_host
 
 __all__ = ["embed"]
 
@@ -46,7 +46,7 @@ def embed(classifier: TextClassifier,
     pooled = [program.embed_step(classifier.params, put_rows(b.tokens, mesh),
                                  put_rows(b.mask, mesh))[pooling == "cls"]
               for b in tqdm(batches, desc="embed", disable=not show_progress, leave=False)]
-    for batch, vectors in zip(batches, jax.device_get(pooled)):
+    for batch, vectors in zip(batches, to_host(pooled)):
         real = batch.valid.astype(bool)
         out[batch.index[real]] = vectors[real]
     if normalize:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -66,7 +65,7 @@ def _run_eval(classifier: TextClassifier, texts: Sequence[str], labels: np.ndarr
         batch_labels = np.where(real, labels[np.maximum(batch.index, 0)], 0).astype(np.int32)
         outputs.append(program.eval_step(classifier.params, put_rows(batch.tokens, mesh),
                                          put_rows(batch.mask, mesh), put_rows(batch_labels, mesh)))
-    for batch, (out, loss) in zip(batches, jax.device_get(outputs)):
+    for batch, (out, loss) in zip(batches, sharding_lib.to_host(outputs)):
         real = batch.valid.astype(bool)
         idx = batch.index[real]
         logits[idx] = out[real]

@@ -20,6 +20,7 @@ import numpy as np
 
 from genalign_jax import classifier as clf
 from genalign_jax import reward as reward_lib
+from genalign_jax import sharding as sharding_lib
 from genalign_jax.classifier.influence import influence_scores
 from genalign_jax.run.components import Components
 from genalign_jax.run.rollouts import Rollouts
@@ -157,7 +158,7 @@ def score_rollouts(components: Components, rollouts: Rollouts,
         if credit is not None and n >= 3:
             for name, values in (("per_sample_inter", dist.per_sample_inter),
                                  ("per_sample_intra", dist.per_sample_intra)):
-                v = np.asarray(values)[:n]
+                v = sharding_lib.to_host(values)[:n]
                 if np.std(v) > 0 and np.std(credit) > 0:
                     metrics[f"credit/corr_{name}"] = float(np.corrcoef(credit, v)[0, 1])
         rewards[np.asarray(parse.kept_indices)] = per_sample[:n]

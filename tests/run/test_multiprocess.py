@@ -52,23 +52,6 @@ needs_sst2 = pytest.mark.skipif(not HAVE_SST2, reason=NO_SST2)
 
 pytestmark = pytest.mark.slow
 
-# Library gaps a multi-process run still hits, by the error the worker reports: the checks that
-# depend on them xfail (with the reason) instead of failing, and pass once the gap is fixed.
-# Any other worker error fails the test.
-KNOWN_GAPS = {
-    "spans non-addressable": (
-        "host code fetches batch-sharded arrays that span processes (np.asarray / "
-        "jax.device_get): run/rollouts.py sample_rollouts + Rollouts.completion_lengths, "
-        "classifier/evaluate.py _run_eval, classifier/embed.py embed need sharding.to_host"),
-    "must be called before any JAX calls": (
-        "Trainer.__init__ calls jax.process_index() before build_mesh joins the distributed job "
-        "(run/trainer.py): join it first (sharding.maybe_initialize_distributed is idempotent)"),
-    "RunLockedError": (
-        "Trainer.__init__ takes the run lock before joining the distributed job: every process "
-        "believes it is process 0 (run/trainer.py)"),
-}
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,15 +128,9 @@ def _results(out: Path, process_id: int) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"error": "no results written"}
 
 
-def _gap(results: list[dict]) -> str | None:
-    """The known library gap behind a worker error (None if every worker succeeded)."""
-    errors = [r["error"] for r in results if "error" in r]
-    if not errors:
-        return None
-    for needle, reason in KNOWN_GAPS.items():
-        if any(needle in e for e in errors):
-            return f"known multi-process gap: {reason} [{errors[0][:160]}]"
-    return ""
+def _errors(results: list[dict]) -> list[str]:
+    """The errors the workers reported (a worker that fails writes ``error`` to its results)."""
+    return [r["error"] for r in results if "error" in r]
 
 
 @pytest.fixture(scope="module")
@@ -192,13 +169,11 @@ def runs(tmp_path_factory):
         logs = job.logs(["p0", "p1", "single"])
     finally:
         job.kill_all()
-    gap = _gap(multi_results)
-    if (any(codes[n] for n in ("p0", "p1")) and not gap) or codes["single"] \
-            or "error" in single_results:
+    if any(codes.values()) or _errors(multi_results + [single_results]):
         pytest.fail(f"a worker failed ({codes}):\n{logs}")
     print(f"multi-process job + 1-process reference: {seconds:.0f} s")
     return {"root": root, "multi": multi, "single": single, "p": multi_results,
-            "single_results": single_results, "gap": gap, "seconds": seconds}
+            "single_results": single_results, "seconds": seconds}
 
 
 def _load(out: Path, name: str) -> dict[str, np.ndarray]:
@@ -248,11 +223,6 @@ def _metric_diffs(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
             for k in a}
 
 
-def _require_trainer(runs) -> None:
-    if runs["gap"]:
-        pytest.xfail(runs["gap"])
-
-
 def test_sharded_sampler_and_ppo_update_match_one_process(runs):
     multi = [_load(runs["multi"], f"sampler_ppo_p{i}.npz") for i in (0, 1)]
     single = _load(runs["single"], "sampler_ppo_p0.npz")
@@ -272,7 +242,6 @@ def test_sharded_sampler_and_ppo_update_match_one_process(runs):
 
 @needs_sst2
 def test_tiny_epoch_matches_one_process(runs):
-    _require_trainer(runs)
     p0, p1, single = runs["p"][0], runs["p"][1], runs["single_results"]
     assert p0["process_count"] == 2 and p0["device_count"] == 8 and p0["local_device_count"] == 4
     assert single["process_count"] == 1 and single["device_count"] == 8
@@ -296,7 +265,6 @@ def test_tiny_epoch_matches_one_process(runs):
 
 @needs_sst2
 def test_only_process_0_writes_logs_and_holds_the_lock(runs):
-    _require_trainer(runs)
     p0, p1 = runs["p"]
     run_dir = runs["multi"] / "run"
     assert p0["trainer_is_writer"] and p0["trainer_has_lock"]
@@ -314,7 +282,6 @@ def test_only_process_0_writes_logs_and_holds_the_lock(runs):
 
 @needs_sst2
 def test_checkpoint_of_both_processes_restores_in_one_process(runs):
-    _require_trainer(runs)
     single = runs["single_results"]
     assert "resume" in single["stages_done"] and "resume_skipped" not in single, single
     assert single["resume_start_epoch"] == 2
@@ -341,10 +308,7 @@ def test_trainer_joins_the_distributed_job_itself(tmp_path):
     finally:
         job.kill_all()
     results = [_results(tmp_path, 0), _results(tmp_path, 1)]
-    gap = _gap(results)
-    if gap:
-        pytest.xfail(gap)
-    assert gap is None and not any(codes.values()), f"{codes}\n{logs}"
+    assert not any(codes.values()) and not _errors(results), f"{codes}\n{logs}"
     assert [r["init_process_count"] for r in results] == [2, 2]
     assert [r["init_device_count"] for r in results] == [8, 8]
     assert [r["init_is_writer"] for r in results] == [True, False]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -44,6 +45,9 @@ def _comparable(row):
 def unbroken(tmp_path_factory):
     root = tmp_path_factory.mktemp("unbroken")
     c = _config(root, epochs=3, **{"loop.patience": 10})
+    # Earlier tests in this process (tests/run/test_reliability.py) run the same :tiny programs;
+    # start from empty compilation caches so epoch 1 compiles as in a fresh process.
+    jax.clear_caches()
     trainer = Trainer(c)
     summary = trainer.run()
     return trainer.run_dir, summary, read_jsonl(trainer.run_dir / "metrics.jsonl")
