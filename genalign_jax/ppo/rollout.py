@@ -2,10 +2,19 @@
 
 ``make_rollout`` takes the sampler's ``SampleOutput`` (or anything with the
 same fields: ``tokens``, ``mask``, ``prompt_length``, ``completion_mask``,
-``logprobs``) and one scalar reward per sequence, and in one jitted forward
+``logprobs``) and one scalar reward per sequence, and in one jitted program
 computes behaviour and reference log-probs, values, per-token rewards
 (−β·KL plus the score on the last completion token), GAE advantages and
 returns.
+
+With ``config.recompute_logprobs=False`` and a sample that carries ``hidden``
+(``SamplingConfig(return_hidden=True)``), the behaviour log-probs and the
+value head's inputs come from the sampler itself and the policy forward is
+skipped: only the reference forward runs (half the work).  The sampler's
+KV-cached decode gives the same numbers as a fresh forward to float rounding
+in float32; in bfloat16 the two differ by more than rounding, so keep
+``recompute_logprobs=True`` there (the PPO ratio then starts at exactly 1).
+A separate critic model always runs its own forward.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from flax import nnx, struct
 
 from genalign_jax.ppo.config import PPOConfig
 from genalign_jax.ppo.gae import compute_advantages
@@ -78,12 +87,16 @@ class RolloutBatch:
 def _rollout_program(program: PPOProgram, config: PPOConfig, prompt_length: int, frozen: dict,
                      trainable: dict, reference: Any, beta: jax.Array, tokens: jax.Array,
                      mask: jax.Array, completion_mask: jax.Array, sample_logprobs: jax.Array,
-                     scores: jax.Array) -> RolloutBatch:
+                     sample_hidden: jax.Array | None, scores: jax.Array) -> RolloutBatch:
     """Forward passes, rewards and advantages of one rollout (static: program, config, P)."""
     num_completion = completion_mask.shape[1]
     cmask = completion_mask.astype(jnp.float32)
-    logprobs, _, values = evaluate(program, frozen, trainable, tokens, mask, prompt_length,
-                                   num_completion, config, with_entropy=False)
+    if sample_hidden is None:
+        logprobs, _, values = evaluate(program, frozen, trainable, tokens, mask, prompt_length,
+                                       num_completion, config, with_entropy=False)
+    else:  # the sampler already holds what the policy forward would recompute
+        value_head = nnx.merge(program.value_head_graphdef, trainable["value_head"])
+        values = value_head(sample_hidden)
     if not config.recompute_logprobs:
         logprobs = sample_logprobs.astype(jnp.float32)
     ref = reference_logprobs(program, frozen, trainable, reference, tokens, mask, prompt_length,
@@ -106,7 +119,8 @@ def make_rollout(state: PPOState, sample: Any, scores: jax.Array | np.ndarray,
       state: the current ``PPOState`` (its policy must be the one that sampled).
       sample: ``SampleOutput``-like: ``tokens``/``mask`` [B, P+N], static int
         ``prompt_length`` P, ``completion_mask`` [B, N] and ``logprobs`` [B, N]
-        (log-softmax of the raw logits at the sampled tokens).
+        (log-softmax of the raw logits at the sampled tokens); optionally
+        ``hidden`` [B, N, D] (used with ``recompute_logprobs=False``, see above).
       scores: sequence-level rewards, one per row.
       config: PPO hyper-parameters (β comes from ``state.kl``).
     """
@@ -131,9 +145,15 @@ def make_rollout(state: PPOState, sample: Any, scores: jax.Array | np.ndarray,
         raise ValueError("make_rollout: recompute_logprobs=False needs temperature=1.0 (the "
                          "sampler's log-probs are of raw logits)")
     sample_logprobs = jnp.asarray(sample.logprobs, jnp.float32)
+    hidden = getattr(sample, "hidden", None)
+    reuse = (not config.recompute_logprobs and hidden is not None
+             and state.program.critic_graphdef is None)
+    if reuse and hidden.shape[:2] != completion_mask.shape:
+        raise ValueError(f"make_rollout: sample.hidden {hidden.shape} must be [B, N, D] with "
+                         f"[B, N] = {completion_mask.shape}")
     return _rollout_program(state.program, config, prompt_length, state.frozen, state.trainable,
                             state.reference, state.kl.beta, tokens, mask, completion_mask,
-                            sample_logprobs, scores)
+                            sample_logprobs, jnp.asarray(hidden) if reuse else None, scores)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -199,7 +199,9 @@ def build_generator(config: RunConfig, mesh: Mesh | None = None) -> GeneratorBun
         sampling = gen.SamplingConfig(
             max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
             top_p=s.top_p, stop_token_ids=gen.stop_token_ids(tokenizer, newline=s.stop_at_newline),
-            pad_token_id=gen.pad_token_id(tokenizer))
+            pad_token_id=gen.pad_token_id(tokenizer),
+            # make_rollout reuses the sampler's hidden states instead of a policy forward
+            return_hidden=not config.ppo.recompute_logprobs)
     except ValueError as err:
         raise ConfigError(f"config.generator.sampling: {err}") from err
     return GeneratorBundle(model, tokenizer, sampling)

@@ -143,3 +143,28 @@ def test_update_and_rollout_validate_inputs(sample):
     with pytest.raises(ValueError, match="reference_params is only used with trainable='full'"):
         ppo.init_ppo_state(Llama(get_preset("tiny"), rngs=nnx.Rngs(0)), CONFIG,
                            rngs=nnx.Rngs(0), reference_params={})
+
+
+def test_rollout_reuses_the_samplers_logprobs_and_hidden_states(sample):
+    """recompute_logprobs=False + sampler hidden states: no policy forward, the same batch."""
+    out, scores = sample
+    model, state = _fresh_state()
+    state, _ = ppo.ppo_update(state, ppo.make_rollout(state, out, scores, CONFIG), CONFIG,
+                              jax.random.key(1))
+    ppo.sync_model(model, state)  # LoRA B != 0: the policy differs from the reference
+    prompts = toy_prompts(np.random.default_rng(1))
+    fresh = generate(model, prompts, np.ones_like(prompts),
+                     dataclasses.replace(TOY_SAMPLING, return_hidden=True), jax.random.key(2))
+    recomputed = ppo.make_rollout(state, fresh, scores, CONFIG)
+    reused = ppo.make_rollout(state, fresh, scores,
+                              dataclasses.replace(CONFIG, recompute_logprobs=False))
+    assert float(np.abs(np.asarray(recomputed.logprobs - recomputed.ref_logprobs)).max()) > 1e-4
+    for name in ("logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns", "kl"):
+        np.testing.assert_allclose(np.asarray(getattr(reused, name)),
+                                   np.asarray(getattr(recomputed, name)), atol=2e-5, err_msg=name)
+    # Without hidden states the values still come from a policy forward.
+    no_hidden = fresh.replace(hidden=None)
+    fallback = ppo.make_rollout(state, no_hidden, scores,
+                                dataclasses.replace(CONFIG, recompute_logprobs=False))
+    np.testing.assert_allclose(np.asarray(fallback.values), np.asarray(recomputed.values),
+                               atol=1e-6)
