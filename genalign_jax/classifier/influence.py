@@ -22,6 +22,17 @@ change of L_golden after an SGD/Adam step of size η_t on z_i alone).
 * ``normalize``: ``"none"``; ``"unit"`` divides each term by ‖P_t ∇ℓ(z_i)‖ (every example
   moves θ by the same distance, which removes examples whose huge gradients dominate);
   ``"cosine"`` also divides by ‖∇L_golden‖ (each checkpoint weighs η_t · cosine).
+* ``golden_balance``: ``"error"`` weighs the golden examples of class c by
+  mean_c'(E_c') / E_c, with E_c = Σ_{j: y_j=c} (1 − p_θt(c | x_j)) the class's summed error at
+  the checkpoint.  The classes then pull the logits equally hard, so ∇L_golden has no
+  "predict class c more often" component (for two classes its gradient along the logit biases
+  is exactly zero).  Without it (``"none"``) that component dominates: every example whose
+  label the classifier currently under-predicts gets credit for shifting the prior, however
+  wrong it is, and in proportion to its own loss, so mislabelled examples of that label get
+  the highest credit.
+* ``center``: ``"label"`` subtracts from each credit the mean credit of the examples with the
+  same label: what is left compares examples of one label (the generator is asked for one
+  label per prompt) rather than the labels; ``"none"`` keeps the raw sums.
 
 How it is computed, per checkpoint:
 
@@ -40,10 +51,13 @@ Every step is jitted with static shapes (rows fixed, lengths from the classifier
 keyed by a hashable ``_Spec``: a second call with the same shapes compiles nothing.
 Accumulation is float32 on device, float64 across checkpoints on the host.
 
-Cost: T × (golden forward + subset backward + one training-set jvp), independent of the
-number of training epochs; for the protocol of ``benchmarks/influence_variants.py`` it is a
+Cost: T × (golden forward + subset backward + one training-set jvp; with
+``golden_balance="error"`` one more golden forward), independent of the number of training
+epochs; for the protocol of ``benchmarks/influence_variants.py`` it is a
 fraction of the fine-tune (see ``benchmarks/results/influence_variants_cpu.json``).
 Bias: first order (no curvature), and a few checkpoints stand in for the whole trajectory.
+Which variant finds mislabelled examples best was measured on real data
+(``benchmarks/influence_variants.py``; ``benchmarks/results/influence_variants_cpu.json``).
 """
 
 from __future__ import annotations
@@ -61,20 +75,25 @@ from genalign_jax.classifier import batching
 from genalign_jax.classifier.encoder import encoder_positions, run_layers
 from genalign_jax.classifier.evaluate import eval_rows
 from genalign_jax.classifier.model import TextClassifier, put_rows
+from genalign_jax.classifier.influence_balance import (balanced_golden_batches, center_by_label,
+                                                       error_balanced_weights)
 from genalign_jax.classifier.program import GraphKey, cross_entropy
 from genalign_jax.classifier.train import TrainCheckpoint
-from genalign_jax.sharding import constrain_batch
+from genalign_jax.sharding import constrain_batch, to_host
 
-__all__ = ["PARAM_SUBSETS", "PRECONDITIONERS", "NORMALIZATIONS", "LR_WEIGHTINGS", "DEFAULTS",
-           "influence_scores"]
+__all__ = ["PARAM_SUBSETS", "PRECONDITIONERS", "NORMALIZATIONS", "LR_WEIGHTINGS",
+           "GOLDEN_BALANCES", "CENTERINGS", "DEFAULTS", "error_balanced_weights",
+           "center_by_label", "influence_scores"]
 
 PARAM_SUBSETS = ("head", "head+last_k", "all")
 PRECONDITIONERS = ("adam", "sgd")
 NORMALIZATIONS = ("none", "unit", "cosine")
 LR_WEIGHTINGS = ("segment", "step")
+GOLDEN_BALANCES = ("error", "none")
+CENTERINGS = ("label", "none")
 # The variant measured best on the real-data protocol (benchmarks/influence_variants.py).
-DEFAULTS = {"params": "head", "last_k": 1, "preconditioner": "adam", "normalize": "unit",
-            "lr_weighting": "segment"}
+DEFAULTS = {"params": "head+last_k", "last_k": 0, "preconditioner": "adam", "normalize": "none",
+            "lr_weighting": "segment", "golden_balance": "error", "center": "label"}
 _NORM_BATCH = 8  # rows per mini-batch of per-example gradients (normalisation only)
 
 
@@ -272,6 +291,8 @@ def influence_scores(classifier: TextClassifier, checkpoints: Sequence[TrainChec
                      preconditioner: str = DEFAULTS["preconditioner"],
                      normalize: str = DEFAULTS["normalize"],
                      lr_weighting: str = DEFAULTS["lr_weighting"],
+                     golden_balance: str = DEFAULTS["golden_balance"],
+                     center: str = DEFAULTS["center"],
                      golden_size: int | None = None, batch_size: int | None = None,
                      seed: int = 0) -> np.ndarray:
     """Influence credit ``[n]`` (float64) of each training example on the golden loss.
@@ -280,16 +301,19 @@ def influence_scores(classifier: TextClassifier, checkpoints: Sequence[TrainChec
     buckets are used; weights come from ``checkpoints``, from ``train_classifier(...,
     keep_checkpoints=T)``).  The loss of each training example is the training loss recorded
     in the checkpoint (label smoothing, class weights).  See the module docstring for
-    ``params`` / ``last_k`` / ``preconditioner`` / ``normalize`` / ``lr_weighting``.
+    ``params`` / ``last_k`` / ``preconditioner`` / ``normalize`` / ``lr_weighting`` /
+    ``golden_balance`` / ``center``.
     ``golden_size``: use a fixed random subset (``seed``) of that many golden examples.
     ``batch_size``: rows per chunk (default the classifier's eval batch size).
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"influence_scores: normalize must be one of {NORMALIZATIONS}, "
                          f"got {normalize!r}")
-    if lr_weighting not in LR_WEIGHTINGS:
-        raise ValueError(f"influence_scores: lr_weighting must be one of {LR_WEIGHTINGS}, "
-                         f"got {lr_weighting!r}")
+    for name, value, allowed in (("lr_weighting", lr_weighting, LR_WEIGHTINGS),
+                                 ("golden_balance", golden_balance, GOLDEN_BALANCES),
+                                 ("center", center, CENTERINGS)):
+        if value not in allowed:
+            raise ValueError(f"influence_scores: {name} must be one of {allowed}, got {value!r}")
     if not checkpoints:
         raise ValueError("influence_scores: no checkpoints (train with keep_checkpoints=T > 0)")
     spec = _spec(classifier, params, last_k, preconditioner)
@@ -312,7 +336,9 @@ def influence_scores(classifier: TextClassifier, checkpoints: Sequence[TrainChec
         if train is None or not np.array_equal(weights, train[0]):
             train = (weights, _device_batches(classifier, train_texts, y, rows, weights))
         acc = _zeros(spec, ck.params)
-        for _, batch in golden:
+        golden_rows = (golden if golden_balance == "none" else
+                       balanced_golden_batches(classifier, ck.params, golden, k))
+        for _, batch in golden_rows:
             acc = _golden_grad(spec, ck.params, acc, *batch)
         eta = ck.lr_sum if lr_weighting == "segment" else ck.learning_rate
         direction, precond, golden_norm = _direction(
@@ -322,7 +348,7 @@ def influence_scores(classifier: TextClassifier, checkpoints: Sequence[TrainChec
         dots = [_directional(spec, ck.params, direction, *b, smoothing) for _, b in train[1]]
         norms = ([_grad_norms(spec, ck.params, precond, *b, smoothing) for _, b in train[1]]
                  if normalize != "none" else [None] * len(dots))
-        dots, norms, golden_norm = jax.device_get((dots, norms, golden_norm))
+        dots, norms, golden_norm = to_host((dots, norms, golden_norm))
         for (index, _), dot, norm in zip(train[1], dots, norms):
             real = index >= 0
             term = np.asarray(dot, np.float64)[real]
@@ -331,4 +357,4 @@ def influence_scores(classifier: TextClassifier, checkpoints: Sequence[TrainChec
                 if normalize == "cosine":
                     term = term / max(float(golden_norm), 1e-30)
             credit[index[real]] += term
-    return credit
+    return center_by_label(credit, y) if center == "label" else credit

@@ -26,6 +26,8 @@ CREDIT_MODES: tuple[str, ...] = ("influence", "broadcast", "groups")
 INFLUENCE_PARAMS: tuple[str, ...] = ("head", "head+last_k", "all")
 INFLUENCE_PRECONDITIONERS: tuple[str, ...] = ("adam", "sgd")
 INFLUENCE_NORMALIZATIONS: tuple[str, ...] = ("none", "unit", "cosine")
+INFLUENCE_GOLDEN_BALANCES: tuple[str, ...] = ("error", "none")
+INFLUENCE_CENTERINGS: tuple[str, ...] = ("label", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +48,20 @@ class RewardConfig:
       eps: added to the running std before dividing.
       influence_params: parameters the influence inner product runs over: ``"head"``,
         ``"head+last_k"`` (head + the last ``influence_last_k`` encoder layers) or ``"all"``.
-      influence_last_k: encoder layers for ``"head+last_k"``.
+      influence_last_k: encoder layers for ``"head+last_k"`` (0: the head and, for BERT, the
+        pooler).
       influence_checkpoints: classifier checkpoints T (evenly spaced steps) summed over.
       influence_preconditioner: ``"adam"`` (1/(sqrt(v_hat)+eps), as the classifier trains) or
         ``"sgd"`` (identity).
       influence_normalize: per-example gradient normalisation, ``"none"``, ``"unit"`` (unit-norm
         per example) or ``"cosine"`` (unit-norm example and golden gradients).
+      influence_golden_balance: ``"error"`` weighs golden classes by the inverse of their summed
+        error, so the golden gradient carries no class-prior shift; or ``"none"``.
+      influence_center: ``"label"`` subtracts each label's mean credit; or ``"none"``.
       influence_golden_size: golden examples for the golden gradient (0 = all of the split).
+      The influence defaults are the variant measured best at finding mislabelled examples
+      (``benchmarks/influence_variants.py``); :mod:`genalign_jax.classifier.influence` explains
+      each option.
       invalid_reward: sequence reward of a completion the parser rejected.
       distance_metric: embedding distance of the class terms, one of ``METRICS``.
     """
@@ -66,11 +75,13 @@ class RewardConfig:
     normalize: bool = True
     clip: float | None = 5.0
     eps: float = 1e-8
-    influence_params: str = "head"
-    influence_last_k: int = 1
+    influence_params: str = "head+last_k"
+    influence_last_k: int = 0
     influence_checkpoints: int = 3
     influence_preconditioner: str = "adam"
-    influence_normalize: str = "unit"
+    influence_normalize: str = "none"
+    influence_golden_balance: str = "error"
+    influence_center: str = "label"
     influence_golden_size: int = 0
     invalid_reward: float = -1.0
     distance_metric: str = "cosine"
@@ -89,13 +100,18 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.clip must be > 0 or None, got {self.clip}")
         for name, allowed in (("influence_params", INFLUENCE_PARAMS),
                               ("influence_preconditioner", INFLUENCE_PRECONDITIONERS),
-                              ("influence_normalize", INFLUENCE_NORMALIZATIONS)):
+                              ("influence_normalize", INFLUENCE_NORMALIZATIONS),
+                              ("influence_golden_balance", INFLUENCE_GOLDEN_BALANCES),
+                              ("influence_center", INFLUENCE_CENTERINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"RewardConfig.{name} must be one of {allowed}, "
                                  f"got {getattr(self, name)!r}")
-        if int(self.influence_checkpoints) < 1 or int(self.influence_last_k) < 1:
-            raise ValueError("RewardConfig.influence_checkpoints and influence_last_k must be "
-                             f">= 1, got {self.influence_checkpoints} and {self.influence_last_k}")
+        if int(self.influence_checkpoints) < 1:
+            raise ValueError(f"RewardConfig.influence_checkpoints must be >= 1, got "
+                             f"{self.influence_checkpoints}")
+        if int(self.influence_last_k) < 0:
+            raise ValueError(f"RewardConfig.influence_last_k must be >= 0, got "
+                             f"{self.influence_last_k}")
         if int(self.influence_golden_size) < 0:
             raise ValueError(f"RewardConfig.influence_golden_size must be >= 0 (0 = all), got "
                              f"{self.influence_golden_size}")

@@ -91,6 +91,7 @@ def _influence_terms(components: Components, texts: list[str], labels: np.ndarra
         trained, stats.checkpoints, texts, labels, golden_texts, golden_labels,
         params=rc.influence_params, last_k=rc.influence_last_k,
         preconditioner=rc.influence_preconditioner, normalize=rc.influence_normalize,
+        golden_balance=rc.influence_golden_balance, center=rc.influence_center,
         golden_size=rc.influence_golden_size or None, seed=seed)
     metrics.update({"time/credit_s": time.perf_counter() - start,
                     "credit/mean": float(credit.mean()), "credit/std": float(credit.std()),

@@ -14,15 +14,22 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from genalign_jax.classifier import batching, evaluate, train_classifier
-from genalign_jax.classifier.influence import influence_scores
+from genalign_jax.classifier.influence import (DEFAULTS, center_by_label, error_balanced_weights,
+                                               influence_scores)
 from genalign_jax.classifier.program import GraphKey, cross_entropy
 from genalign_jax.classifier.train import checkpoint_steps, lr_at
 from genalign_jax.compile_counter import CompileCounter
+from genalign_jax.reward import RewardConfig
 from genalign_jax.sharding import param_path
 from tests.classifier import CONFIG, separable_data
 
 # Class-balanced weights and label smoothing: the credit must use the training loss.
 TRAIN_CONFIG = dataclasses.replace(CONFIG, epochs=3, class_balanced=True, label_smoothing=0.1)
+
+
+def _raw_scores(*args, **kwargs):
+    """The plain TracIn sums (no golden class balance, no label centering)."""
+    return influence_scores(*args, golden_balance="none", center="none", **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +157,7 @@ def test_sgd_credit_is_minus_the_golden_loss_change_of_one_step(run, full_grads,
     explicit = _dots(pg, golden_grad)
     eta = 2e-4 / float(np.max(_norms(pg)))  # step length 2e-4: linear regime, above fp32 noise
     ck = dataclasses.replace(ck, learning_rate=eta, lr_sum=eta)
-    credit = influence_scores(model, [ck], texts, labels, *golden, params=subset, last_k=last_k,
+    credit = _raw_scores(model, [ck], texts, labels, *golden, params=subset, last_k=last_k,
                               preconditioner="sgd", normalize="none")
     np.testing.assert_allclose(credit, eta * explicit, rtol=1e-5, atol=1e-9 * eta)
     base = evaluate(model.replace(params=ck.params), *golden).loss
@@ -174,13 +181,13 @@ def test_adam_credit_and_normalisations_match_explicit_per_example_gradients(run
         unit += dots / _norms(pg)
         cosine += dots / _norms(pg) / _norms(jax.tree.map(lambda g: g[None], golden_grad))[0]
     kw = dict(params=subset, last_k=last_k, preconditioner="adam")
-    got = influence_scores(model, stats.checkpoints, texts, labels, *golden, normalize="none",
+    got = _raw_scores(model, stats.checkpoints, texts, labels, *golden, normalize="none",
                            **kw)
     np.testing.assert_allclose(got, total, rtol=1e-5, atol=1e-6 * np.abs(total).max())
-    got = influence_scores(model, stats.checkpoints, texts, labels, *golden, normalize="unit",
+    got = _raw_scores(model, stats.checkpoints, texts, labels, *golden, normalize="unit",
                            **kw)
     np.testing.assert_allclose(got, unit, rtol=1e-4, atol=1e-5 * np.abs(unit).max())
-    got = influence_scores(model, stats.checkpoints, texts, labels, *golden, normalize="cosine",
+    got = _raw_scores(model, stats.checkpoints, texts, labels, *golden, normalize="cosine",
                            **kw)
     np.testing.assert_allclose(got, cosine, rtol=1e-4, atol=1e-5 * np.abs(cosine).max())
 
@@ -188,37 +195,101 @@ def test_adam_credit_and_normalisations_match_explicit_per_example_gradients(run
 def test_step_weighting_golden_subset_and_errors(run):
     model, stats, (texts, labels), golden = run
     kw = dict(params="head", preconditioner="sgd", normalize="none")
-    seg = influence_scores(model, stats.checkpoints[:1], texts, labels, *golden, **kw)
-    step = influence_scores(model, stats.checkpoints[:1], texts, labels, *golden,
+    seg = _raw_scores(model, stats.checkpoints[:1], texts, labels, *golden, **kw)
+    step = _raw_scores(model, stats.checkpoints[:1], texts, labels, *golden,
                             lr_weighting="step", **kw)
     ck = stats.checkpoints[0]
     np.testing.assert_allclose(step, seg * ck.learning_rate / ck.lr_sum, rtol=1e-5)
-    sub = influence_scores(model, stats.checkpoints, texts, labels, *golden, golden_size=7, **kw)
+    sub = _raw_scores(model, stats.checkpoints, texts, labels, *golden, golden_size=7, **kw)
     assert sub.shape == (len(texts),) and not np.allclose(
-        sub, influence_scores(model, stats.checkpoints, texts, labels, *golden, **kw))
+        sub, _raw_scores(model, stats.checkpoints, texts, labels, *golden, **kw))
     with pytest.raises(ValueError, match="params must be one of"):
-        influence_scores(model, stats.checkpoints, texts, labels, *golden, params="body")
+        _raw_scores(model, stats.checkpoints, texts, labels, *golden, params="body")
     with pytest.raises(ValueError, match="normalize must be one of"):
-        influence_scores(model, stats.checkpoints, texts, labels, *golden, normalize="l2")
+        _raw_scores(model, stats.checkpoints, texts, labels, *golden, normalize="l2")
     with pytest.raises(ValueError, match="last_k must be in"):
-        influence_scores(model, stats.checkpoints, texts, labels, *golden,
+        _raw_scores(model, stats.checkpoints, texts, labels, *golden,
                          params="head+last_k", last_k=9)
     with pytest.raises(ValueError, match="no checkpoints"):
-        influence_scores(model, (), texts, labels, *golden)
+        _raw_scores(model, (), texts, labels, *golden)
 
 
 def test_a_second_call_with_the_same_shapes_compiles_nothing(run, pretrained):
     model, stats, (texts, labels), golden = run
     kw = dict(params="head+last_k", last_k=1, preconditioner="adam", normalize="unit")
-    first = influence_scores(model, stats.checkpoints, texts, labels, *golden, **kw)
+    first = _raw_scores(model, stats.checkpoints, texts, labels, *golden, **kw)
     # Other texts in the same length buckets, a retrained model: same shapes, no compile.
     other, other_labels = separable_data(24, seed=9, long_every=5)
     retrained, again = train_classifier(pretrained, texts, labels, TRAIN_CONFIG, rng=1,
                                         keep_checkpoints=2)
     with CompileCounter() as compiles:
-        second = influence_scores(retrained, again.checkpoints, other, other_labels, *golden,
+        second = _raw_scores(retrained, again.checkpoints, other, other_labels, *golden,
                                   **kw)
-        influence_scores(model, stats.checkpoints, texts, labels, *golden, **kw)
+        _raw_scores(model, stats.checkpoints, texts, labels, *golden, **kw)
     assert compiles.count == 0, f"{compiles.count} new XLA compilation(s)"
     assert np.isfinite(first).all() and np.isfinite(second).all()
     assert not np.allclose(first, second)
+
+
+def test_error_balanced_weights_cancel_the_golden_prior_pull():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(30, 2))
+    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    labels = rng.integers(0, 2, 30)
+    w = error_balanced_weights(probs, labels, 2)
+    # Two classes: the weighted residuals sum to zero (no gradient along the logit biases).
+    resid = probs - np.eye(2)[labels]
+    np.testing.assert_allclose((w[labels][:, None] * resid).sum(0), 0.0, atol=1e-12)
+    assert (w > 0).all()
+    # A class with no golden row gets weight 0.
+    w3 = error_balanced_weights(probs[:, [0, 1, 1]] / [1, 2, 2], labels, 3)
+    assert w3[2] == 0.0 and (w3[:2] > 0).all()
+
+
+def test_balanced_golden_and_label_centering_match_the_explicit_reference(run, full_grads):
+    """golden_balance="error": the golden gradient is the class-weighted mean; center="label"
+    subtracts each label's mean credit."""
+    model, stats, (texts, labels), golden = run
+    g_tokens, g_mask = _batch(model, golden[0])
+    total = np.zeros(len(texts))
+    for ck in stats.checkpoints:
+        logits = np.asarray(nnx.merge(model.graphdef, ck.params)(g_tokens, g_mask), np.float64)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        w = error_balanced_weights(probs, np.asarray(golden[1]), model.num_labels)
+        row_w = np.asarray(w[np.asarray(golden[1])], np.float32)
+        weighted = jax.grad(lambda p: jnp.mean(row_w * cross_entropy(
+            nnx.merge(model.graphdef, p)(g_tokens, g_mask),
+            np.asarray(golden[1], np.int32), 0.0)))(ck.params)
+        per_example = _full_grads(GraphKey(model.graphdef), ck.params,
+                                  np.asarray(ck.class_weights, np.float32),
+                                  np.float32(ck.label_smoothing), *_batch(model, texts),
+                                  np.asarray(labels, np.int32), g_tokens, g_mask,
+                                  np.asarray(golden[1], np.int32))[0]
+        pg, golden_grad = _restrict("head", 0, True, ck.params, per_example, weighted, ck.nu,
+                                    np.float32(ck.count), np.float32(ck.adam_b2),
+                                    np.float32(ck.adam_eps))
+        total += ck.lr_sum * _dots(pg, golden_grad)
+    kw = dict(params="head", preconditioner="adam", normalize="none")
+    raw = influence_scores(model, stats.checkpoints, texts, labels, *golden,
+                           golden_balance="error", center="none", **kw)
+    np.testing.assert_allclose(raw, total, rtol=1e-4, atol=1e-5 * np.abs(total).max())
+    unbalanced = influence_scores(model, stats.checkpoints, texts, labels, *golden,
+                                  golden_balance="none", center="none", **kw)
+    assert not np.allclose(raw, unbalanced)
+    centered = influence_scores(model, stats.checkpoints, texts, labels, *golden,
+                                golden_balance="error", center="label", **kw)
+    np.testing.assert_allclose(centered, center_by_label(raw, labels), rtol=1e-9, atol=1e-12)
+    for label in np.unique(labels):
+        assert abs(centered[labels == label].mean()) < 1e-9 * np.abs(raw).max()
+    with pytest.raises(ValueError, match="golden_balance must be one of"):
+        influence_scores(model, stats.checkpoints, texts, labels, *golden, golden_balance="x")
+    with pytest.raises(ValueError, match="center must be one of"):
+        influence_scores(model, stats.checkpoints, texts, labels, *golden, center="class")
+
+
+def test_run_config_defaults_are_the_library_defaults():
+    rc = RewardConfig()
+    assert {k: getattr(rc, f"influence_{'params' if k == 'params' else k}")
+            for k in DEFAULTS if k != "lr_weighting"} == {
+        k: v for k, v in DEFAULTS.items() if k != "lr_weighting"}

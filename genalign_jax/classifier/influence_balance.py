@@ -1,0 +1,60 @@
+"""Debiasing the influence credit: error-balanced golden classes and label centring.
+
+Used by :func:`genalign_jax.classifier.influence.influence_scores` (``golden_balance="error"``,
+``center="label"``; that module's docstring says why each is needed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+
+from genalign_jax.classifier.model import TextClassifier, put_rows
+from genalign_jax.classifier.program import ClassifierProgram
+from genalign_jax.sharding import to_host
+
+__all__ = ["error_balanced_weights", "center_by_label", "balanced_golden_batches"]
+
+
+def error_balanced_weights(probs: np.ndarray, labels: np.ndarray, num_labels: int) -> np.ndarray:
+    """Per-class golden weights ``[K]``: mean_c'(E_c') / E_c with E_c = Σ_{y_j=c} (1 − p_j[c]).
+
+    ``probs`` ``[n, K]`` are the classifier's probabilities on the golden rows, ``labels`` their
+    classes.  A class without golden rows (or without error) gets weight 0 (nothing to pull).
+    """
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels, np.int64)
+    error = np.zeros(num_labels)
+    np.add.at(error, labels, 1.0 - probs[np.arange(len(labels)), labels])
+    present = error > 0
+    weights = np.zeros(num_labels)
+    if present.any():
+        weights[present] = error[present].mean() / error[present]
+    return weights
+
+
+def center_by_label(credit: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``credit`` minus the mean credit of the examples with the same label."""
+    credit, labels = np.asarray(credit, np.float64), np.asarray(labels)
+    out = credit.copy()
+    for label in np.unique(labels):
+        rows = labels == label
+        out[rows] -= credit[rows].mean()
+    return out
+
+
+def balanced_golden_batches(classifier: TextClassifier, params: nnx.State, golden: list,
+                     num_labels: int) -> list:
+    """The golden batches with each real row weighted by ``error_balanced_weights`` at
+    ``params`` (one forward over the golden set)."""
+    program = ClassifierProgram(classifier.graphdef)
+    logits = to_host([program.eval_step(params, *batch[:3])[0] for _, batch in golden])
+    labels = to_host([batch[2] for _, batch in golden])
+    real = [index >= 0 for index, _ in golden]
+    z = np.concatenate([np.asarray(lg, np.float64)[r] for lg, r in zip(logits, real)])
+    probs = np.exp(z - z.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    y = np.concatenate([lab[r] for lab, r in zip(labels, real)])
+    weights = error_balanced_weights(probs, y, num_labels)
+    return [(index, batch[:3] + (put_rows(np.where(r, weights[lab], 0.0).astype(np.float32),
+                                          classifier.mesh),))
+            for (index, batch), lab, r in zip(golden, labels, real)]
