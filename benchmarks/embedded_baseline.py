@@ -4,8 +4,8 @@ Generates N examples per label with the *unaligned* generator (ICL prompts only)
 parse/keep rates by rejection reason, and the real-test accuracy of a classifier trained only
 on them vs one trained on the same total number of real examples (from the ICL pool).
 
-    python benchmarks/embedded_baseline.py --per_label 200          # SmolLM2 + MiniLM, CPU ok
-    python benchmarks/embedded_baseline.py --config=configs/sst2.py:tiny --per_label 8
+    python -m benchmarks.embedded_baseline --per_label 200          # SmolLM2 + MiniLM, CPU ok
+    python -m benchmarks.embedded_baseline --config=configs/sst2.py:tiny --per_label 8
 
 Writes ``benchmarks/results/embedded_baseline_<backend>.json``.
 """
@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
-import tempfile
 import time
 from pathlib import Path
 
+import jax
+
+from benchmarks.common import print_table, write_json
+from genalign_jax.run.components import build_components
+from genalign_jax.run.evaluate import real_subset
+from genalign_jax.run.rollouts import sample_rollouts
+from genalign_jax.run.scoring import train_and_score
+from genalign_jax.run.trainer import as_run_config
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import jax  # noqa: E402
-
-from benchmarks.common import print_table, write_json  # noqa: E402
 
 
 def _load_config(spec: str):
@@ -41,29 +43,29 @@ def main() -> None:
     parser.add_argument("--per_label", type=int, default=200)
     parser.add_argument("--data_dir", default="", help="dataset folder (default: the config's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None,
+                        help="results name (default embedded_baseline_<backend>)")
     args = parser.parse_args()
 
-    from genalign_jax.evaluation import _real_subset
-    from genalign_jax.loop import Trainer
-
     config = _load_config(args.config)
-    config.output_dir = tempfile.mkdtemp(prefix="genalign-baseline-")
     config.logging.tensorboard = False
     if args.data_dir:
         config.data.data_dir = args.data_dir
-    trainer = Trainer(config, logger=False)
-    n = args.per_label * trainer.num_labels
+    components = build_components(as_run_config(config))
+    data = components.data
+    n = args.per_label * data.num_labels
     batch = config.generator.sampling.batch_size
     n_gen = -(-n // batch) * batch
     start = time.perf_counter()
-    rollouts = trainer.generate(n_gen, [args.seed, 424242], jax.random.key(args.seed),
-                                use_lora=False)
+    rollouts = sample_rollouts(components, n_gen, [args.seed, 424242],
+                               jax.random.key(args.seed), use_lora=False)
     gen_s = time.perf_counter() - start
     parse = rollouts.parse
     key = jax.random.key(args.seed + 1)
-    _, synthetic = trainer.train_and_score(parse.kept_texts, parse.kept_labels, key, test=True)
-    texts, labels = _real_subset(trainer, n, args.seed)
-    _, real = trainer.train_and_score(texts, labels, key, test=True)
+    synthetic = train_and_score(components, parse.kept_texts, list(parse.kept_labels), key,
+                                split="test")
+    texts, labels = real_subset(components, n, args.seed)
+    real = train_and_score(components, texts, labels, key, split="test")
     rows = [
         {"train_set": "synthetic (base generator)", "examples": parse.num_kept,
          "test_accuracy": synthetic["accuracy"], "test_loss": synthetic["loss"],
@@ -75,12 +77,12 @@ def main() -> None:
           f"(kept {parse.kept_fraction():.1%})")
     print_table(rows, ["train_set", "examples", "test_accuracy", "test_loss", "test_macro_f1"])
     samples = {name: [t for t, l in zip(parse.kept_texts, parse.kept_labels) if l == i][:5]
-               for i, name in enumerate(trainer.data.spec.label_names)}
-    path = write_json(f"embedded_baseline_{jax.default_backend()}", {
-        "config": args.config, "dataset": trainer.data.spec.name, "per_label": args.per_label,
+               for i, name in enumerate(data.spec.label_names)}
+    path = write_json(args.out or f"embedded_baseline_{jax.default_backend()}", {
+        "config": args.config, "dataset": data.spec.name, "per_label": args.per_label,
         "completions": n_gen, "generate_seconds": gen_s, "parse_counts": parse.counts(),
         "kept_fraction": parse.kept_fraction(), "results": rows, "sample_generations": samples,
-        "test_size": len(trainer.data.splits.test)})
+        "test_size": len(data.splits.test)})
     print(f"wrote {path}")
 
 

@@ -39,7 +39,6 @@ __all__ = [
     "CheckpointError",
     "resolve_checkpoint",
     "SafetensorsCheckpoint",
-    "open_checkpoint",
     "read_hf_config",
     "open_model_source",
     "TensorSpec",
@@ -184,12 +183,6 @@ class SafetensorsCheckpoint:
             self._maps[loc.file] = np.memmap(loc.file, dtype=np.uint8, mode="r")
         raw = self._maps[loc.file][loc.start:loc.end]
         return raw.view(loc.dtype).reshape(loc.shape)
-
-
-def open_checkpoint(name_or_path: str | os.PathLike) -> tuple[Path, SafetensorsCheckpoint]:
-    """Resolves ``name_or_path`` and opens its safetensors weights."""
-    folder = resolve_checkpoint(name_or_path)
-    return folder, SafetensorsCheckpoint(folder)
 
 
 def read_hf_config(config: str | os.PathLike | dict, what: str) -> tuple[dict, str]:

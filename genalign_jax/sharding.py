@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 log = logging.getLogger(__name__)
@@ -222,8 +223,6 @@ def to_host(tree: Any) -> Any:
     fully replicated arrays (every single-process run) are fetched directly; non-array leaves
     pass through ``np.asarray``.
     """
-    from jax.experimental import multihost_utils
-
     def one(x):
         if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))

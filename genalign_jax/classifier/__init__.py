@@ -20,7 +20,9 @@ Modules, in data-path order:
 * ``program`` — ``ClassifierProgram``: the compiled train/eval/embed steps of one graph;
 * ``train`` — ``ClassifierConfig``, ``train_classifier``, ``TrainStats``;
 * ``evaluate`` — ``evaluate``, ``predict_logits``, ``metrics_from_logits``, ``EvalResult``;
-* ``embed`` — sentence embeddings.
+* ``embed`` — sentence embeddings;
+* ``influence`` (+ ``influence_balance``) — each training example's influence on the golden
+  loss (TracIn over kept checkpoints), the reward's per-sample golden credit.
 
 No module caches models or compiled functions by name: the caller holds the loaded
 ``TextClassifier``; compiled steps are keyed by the hashable ``ClassifierProgram``.

@@ -5,7 +5,8 @@ Typical use in the training loop::
     from genalign_jax import data
 
     spec = data.get_dataset_spec(cfg.data.name)                      # "sst2", "ag_news", ...
-    splits = data.build_splits(spec, cfg.data.path, cfg.data.sizes, seed=cfg.data.seed)
+    sizes = data.SplitSizes(icl_pool=500, golden=200, test=400)
+    splits = data.build_splits(spec, "/data/sst2", sizes, seed=0)       # None: the HF cache
     builder = data.PromptBuilder(spec, splits.icl_pool, k=4, same_label=True, seed=0)
     prompts = builder.build_balanced(256)
     # the generator renders and tokenises them: generator.encode_prompts(tokenizer,

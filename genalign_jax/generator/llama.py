@@ -4,14 +4,19 @@ The model matches Hugging Face ``LlamaForCausalLM`` on the same weights (see
 ``tests/generator/test_llama.py``).  Design points:
 
 * Layers are stacked: every per-layer parameter has a leading ``num_layers`` axis
-  and the forward pass is one ``jax.lax.scan`` over layers, so compile time does
-  not grow with depth and the 8B model traces one block, not 32.
+  and the uncached forward (training, PPO, scoring, prefill) is one
+  ``jax.lax.scan`` over layers, so its compile time does not grow with depth.
+  The cached decode step instead runs per-layer weights and cache buffers one
+  after the other (``layer_blocks``): a scanned step copies each layer's weight
+  and cache slices out of the stacked arrays, about 3x the memory traffic of a
+  step that is bound by reading weights (see ``Llama.forward``).
 * Attention takes explicit ``positions`` and a key-validity mask, so left- and
   right-padded batches work the same way; RoPE supports Llama-3.1's ``llama3``
   frequency scaling.
-* A preallocated KV cache (``KVCache``) serves prefill (many tokens) and decode
-  (one token) with the same code path: new keys/values are written at
-  ``cache_index`` and queries attend causally over cache slots.
+* A preallocated KV cache (``KVCache``, one buffer pair per layer) is filled by
+  ``Llama.prefill`` (the scanned forward returning every layer's keys/values)
+  and extended by decode steps, which write at ``cache_index`` and attend
+  causally over the cache slots.
 * Linear layers carry optional LoRA adapters (``nnx.LoRAParam``) that can be
   switched off per call (``use_lora=False``) to get the reference policy without
   a second copy of the base weights.

@@ -6,7 +6,7 @@ one callable, ``policy_apply(model, tokens, mask, use_lora) -> (logits [B, T, V]
 hidden [B, T, D])`` (default: our ``Llama``; see ``genalign_jax.ppo.policy``).
 
 Usage with any sampler that returns tokens/mask/prompt_length/completion_mask/
-logprobs (e.g. ``genalign_jax.sampling.generate``)::
+logprobs (e.g. ``genalign_jax.generator.generate``)::
 
     from genalign_jax import ppo
     config = ppo.PPOConfig(learning_rate=1e-4, target_kl=4.0)     # or PPOConfig.from_dict(d)

@@ -10,7 +10,7 @@ Why not ``nnx.LoRA`` / ``nnx.LoRALinear`` modules: our Llama stacks its layers
 (every per-layer parameter has a leading ``num_layers`` axis and the forward
 scans over it).  Inserting ``nnx.LoRA`` sub-modules into the already-built
 stacked blocks would need per-layer modules and a second vmap; instead
-``genalign_jax.models.llama.Linear`` applies the adapter itself,
+``genalign_jax.generator.llama.Linear`` applies the adapter itself,
 ``y = x W + (x A) B · scale``, with ``A``/``B`` stored as the same
 ``nnx.LoRAParam`` variable type ``nnx.LoRA`` uses, carrying the leading layer
 axis.  Its ``use_lora=False`` call switch gives the reference policy from the
@@ -49,7 +49,7 @@ def add_lora(model: nnx.Module, rank: int, alpha: float | None = None, *,
 
     Args:
       model: an NNX model whose targeted modules expose ``kernel``/``lora_a``/
-        ``lora_b``/``lora_scale`` (e.g. ``genalign_jax.models.llama.Llama``).
+        ``lora_b``/``lora_scale`` (e.g. ``genalign_jax.generator.llama.Llama``).
       rank: adapter rank ``r``.
       alpha: scale numerator (``scale = alpha / rank``); defaults to ``rank`` (scale 1).
       targets: attribute names of the modules to adapt (matched on the last
@@ -78,7 +78,7 @@ def add_lora(model: nnx.Module, rank: int, alpha: float | None = None, *,
         if not _is_lora_capable(module):
             raise TypeError(
                 f"add_lora: module {name} ({type(module).__name__}) cannot hold adapters; it needs "
-                "kernel, lora_a, lora_b and lora_scale attributes (see genalign_jax.models.llama."
+                "kernel, lora_a, lora_b and lora_scale attributes (see genalign_jax.generator.llama."
                 "Linear), or attach nnx.LoRA modules to your model yourself")
         if module.lora_a is not None:
             raise ValueError(f"add_lora: module {name} already has LoRA adapters")

@@ -45,7 +45,7 @@ class PolicyApply(Protocol):
 def llama_apply(model: nnx.Module, tokens: jax.Array, mask: jax.Array,
                 use_lora: bool = True, window: tuple[int, int] | None = None
                 ) -> tuple[jax.Array, jax.Array]:
-    """Default ``PolicyApply`` for ``genalign_jax.models.llama.Llama``.
+    """Default ``PolicyApply`` for ``genalign_jax.generator.llama.Llama``.
 
     With ``window=(start, length)`` only positions ``start .. start+length`` are
     projected to the vocabulary.
