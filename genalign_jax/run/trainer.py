@@ -195,7 +195,16 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict[str, Any]:
-        """Runs epochs until convergence or ``loop.epochs``; returns a summary with the stop reason."""
+        """Runs epochs until convergence or ``loop.epochs``; returns a summary with the stop reason.
+
+        The trainer is closed afterwards (lock released, logs flushed), also when an epoch
+        raises."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> dict[str, Any]:
         c = self.config
         reason = f"reached loop.epochs={c.loop.epochs}"
         if self.start_epoch > c.loop.epochs:
@@ -230,7 +239,6 @@ class Trainer:
         final = self.history[-1] if self.history else {}
         self.logger.hparams(flatten(c.to_dict()), {k: final[k] for k in
                                                    ("golden/accuracy", "golden/loss") if k in final})
-        self.close()
         return summary
 
     def close(self) -> None:

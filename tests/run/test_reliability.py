@@ -142,3 +142,29 @@ def test_non_finite_truncated_and_corrupt_weights_are_named(tmp_path):
     (tmp_path / "config.json").write_text("{\"hidden_size\": 64,")
     with pytest.raises(CheckpointError, match="invalid JSON"):
         load_llama(tmp_path)
+
+
+@needs_sst2
+def test_a_non_finite_ppo_update_stops_before_anything_is_saved(tmp_path):
+    """NaN adapters (as from damaged weights): the epoch stops with a clear error, and neither a
+    checkpoint nor a metrics line of the poisoned epoch is written."""
+    import jax
+    import jax.numpy as jnp
+
+    from genalign_jax.run.checkpoint import NonFiniteStateError
+
+    trainer = Trainer(_tiny(tmp_path, epochs=2))
+    try:
+        state = trainer.state.ppo
+        poisoned = dict(state.trainable,
+                        value_head=jax.tree.map(lambda x: jnp.full_like(x, jnp.nan),
+                                                state.trainable["value_head"]))
+        trainer.state = trainer.state.replace(ppo=state.replace(trainable=poisoned))
+        with pytest.raises(NonFiniteStateError, match="non-finite"):
+            trainer.run()
+    finally:
+        trainer.close()
+    run_dir = tmp_path / "run"
+    assert not list(run_dir.glob("checkpoint_epoch_*"))
+    metrics = run_dir / "metrics.jsonl"
+    assert not metrics.exists() or read_jsonl(metrics) == []

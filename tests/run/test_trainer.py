@@ -138,6 +138,7 @@ def test_cli_train_then_evaluate(unbroken, tmp_path):
     (["--config=configs/sst2.py:tiny", "--config.ppo.kl_coefx=0.1"], "kl_coefx"),
     (["--config=configs/sst2.py:tiny", "--config.ppo.kl_coef=abc"], "kl_coef"),
     (["--config=configs/sst2.py:nope"], "unknown config variant 'nope'"),
+    (["--config=configs/nope.py"], "cannot load the config file"),
     (["--config=configs/sst2.py:tiny", "--config.generator.source=hf",
       "--config.generator.path=/nonexistent/llama"], "checkpoint folder not found"),
     (["--config=configs/sst2.py:tiny", "--config.loop.rollouts_per_epoch=15"],
