@@ -92,7 +92,7 @@ LR_WEIGHTINGS = ("segment", "step")
 GOLDEN_BALANCES = ("error", "none")
 CENTERINGS = ("label", "none")
 # The variant measured best on the real-data protocol (benchmarks/influence_variants.py).
-DEFAULTS = {"params": "head+last_k", "last_k": 0, "preconditioner": "adam", "normalize": "none",
+DEFAULTS = {"params": "head+last_k", "last_k": 1, "preconditioner": "adam", "normalize": "none",
             "lr_weighting": "segment", "golden_balance": "error", "center": "label"}
 _NORM_BATCH = 8  # rows per mini-batch of per-example gradients (normalisation only)
 

@@ -76,7 +76,7 @@ class RewardConfig:
     clip: float | None = 5.0
     eps: float = 1e-8
     influence_params: str = "head+last_k"
-    influence_last_k: int = 0
+    influence_last_k: int = 1
     influence_checkpoints: int = 3
     influence_preconditioner: str = "adam"
     influence_normalize: str = "none"
