@@ -2,6 +2,7 @@
 
     python -m benchmarks.alignment                       # both arms, CPU-sized (~1 h on 2 cores)
     python -m benchmarks.alignment --arms=influence --epochs=2
+    python -m benchmarks.alignment --arms=influence --set=ppo.ppo_epochs=4 --out=/tmp/followup
 
 Protocol (fixed before any test number was seen):
 * SST-2 from the shared data (``--data_dir``), the ``:embedded`` models (SmolLM2-135M-Instruct
@@ -19,6 +20,7 @@ float16) and ``alignment.json`` / ``alignment.md`` with every arm.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import shutil
@@ -34,6 +36,7 @@ from genalign_jax.run.export import export_peft_adapter
 from genalign_jax.run.logger import read_jsonl
 from genalign_jax.run.plots import plot_evaluation
 from genalign_jax.run.trainer import Trainer
+from genalign_jax.variants import set_dotted
 
 log = logging.getLogger("alignment")
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +49,8 @@ _DATA = flags.DEFINE_string("data_dir", str(REPO.parent / "shared" / "data" / "s
                             "SST-2 folder (GLUE TSVs).")
 _OUT = flags.DEFINE_string("out", str(REPO / "benchmarks" / "results" / "alignment"),
                            "Output folder.")
+_SET = flags.DEFINE_list("set", [], "Config overrides for a follow-up run, e.g. "
+                         "ppo.ppo_epochs=4,ppo.warmup_steps=0 (values parsed as Python literals).")
 
 
 def _config(arm: str, out: Path):
@@ -57,6 +62,9 @@ def _config(arm: str, out: Path):
     c.output_dir = str(out)
     c.run_name = arm
     c.logging.progress_bars = False
+    for item in _SET.value:
+        name, _, value = item.partition("=")
+        set_dotted(c, name, ast.literal_eval(value))
     return c
 
 
@@ -66,7 +74,8 @@ def main(argv: list[str]) -> None:
     out = Path(_OUT.value)
     results = {"protocol": {"dataset": "sst2", "variant": "embedded", "seed": 0,
                             "epochs": _EPOCHS.value, "rollouts_per_epoch": 64,
-                            "eval_examples": _EVAL_N.value, "eval_seeds": _EVAL_SEEDS.value},
+                            "eval_examples": _EVAL_N.value, "eval_seeds": _EVAL_SEEDS.value,
+                            "overrides": list(_SET.value)},
                "arms": {}}
     tables = []
     for arm in _ARMS.value:
