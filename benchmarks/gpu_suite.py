@@ -781,7 +781,7 @@ def program_builders(s: Shapes, config, graphdef, model_state, state, bench_cfg,
 
     def rollout():
         args = (frozen, trainable, None, S((), f32), S((b, t), i32), S((b, t), i32),
-                S((b, n), i32), S((b, n), f32), S((b,), f32))
+                S((b, n), i32), S((b, n), f32), None, S((b,), f32))  # None: no sampler hidden
         return rollout_mod._rollout_program.lower(state.program, bench_cfg, p, *args), args
 
     def concat():

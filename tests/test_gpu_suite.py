@@ -98,7 +98,7 @@ def test_flop_count_matches_xla_cost_analysis(program):
     else:
         lowered = rollout_mod._rollout_program.lower(
             state.program, cfg, s.prompt_len, frozen, trainable, None, S((), f32),
-            S((b, t), i32), S((b, t), i32), S((b, n), i32), S((b, n), f32), S((b,), f32))
+            S((b, t), i32), S((b, t), i32), S((b, n), i32), S((b, n), f32), None, S((b,), f32))
         ours = gs.rollout_flops(config, b, t, n, 8, cfg.lora_targets)
     xla = lowered.cost_analysis()["flops"]
     print(f"\n{program}: analytic {ours:.4e} FLOPs, XLA cost analysis {xla:.4e} "

@@ -59,7 +59,12 @@ def parse_flags(argv: list[str]) -> list[str]:
             message = f"{head} {message.strip().splitlines()[-1]}"
         print(f"error: {message}\nPass --help for usage.", file=sys.stderr)
         sys.exit(2)
-    except (AttributeError, ValueError, TypeError, KeyError, FileNotFoundError) as err:
+    except OSError as err:  # --config's file is missing, seen first by a --config.x override
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        print(f"error: --config: cannot load the config file: {lines[-1] if lines else err}",
+              file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, ValueError, TypeError, KeyError) as err:
         message = str(err).strip("'\"").replace("\\n", " ").replace("\\'", "'")
         print(f"error: bad flag or config override: {message}", file=sys.stderr)
         sys.exit(2)

@@ -157,3 +157,19 @@ def test_evaluate_missing_checkpoint_is_a_clear_error(tmp_path):
                 f"--checkpoint={tmp_path}/run/checkpoint_epoch_4", timeout=300)
     assert proc.returncode != 0
     assert "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_of_a_damaged_checkpoint_is_one_clear_line(unbroken, tmp_path):
+    import shutil
+    run_dir, _, _ = unbroken
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for path in (copy / "checkpoint_epoch_3").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and "state" in str(path):
+            path.write_bytes(b"\xff" * 64)        # damage every array file
+    proc = _cli("launch/evaluate.py", "--config=configs/sst2.py:tiny",
+                f"--config.data.data_dir={SST2}", f"--checkpoint={copy / 'checkpoint_epoch_3'}",
+                "--num_examples=16", "--seeds=1", timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "cannot be restored" in proc.stderr and "Traceback" not in proc.stderr, \
+        proc.stderr[-3000:]
