@@ -53,11 +53,11 @@ Accumulation is float32 on device, float64 across checkpoints on the host.
 
 Cost: T × (golden forward + subset backward + one training-set jvp; with
 ``golden_balance="error"`` one more golden forward), independent of the number of training
-epochs; for the protocol of ``benchmarks/influence_variants.py`` it is a
-fraction of the fine-tune (see ``benchmarks/results/influence_variants_cpu.json``).
+epochs; for the protocol of ``benchmarks/influence_variants.py`` it is 0.2-0.25x of the
+fine-tune, and 0.7-0.8x on ``:embedded``.
 Bias: first order (no curvature), and a few checkpoints stand in for the whole trajectory.
 Which variant finds mislabelled examples best was measured on real data
-(``benchmarks/influence_variants.py``; ``benchmarks/results/influence_variants_cpu.json``).
+(``benchmarks/influence_variants.py``; ``benchmarks/results/influence_variants_*_cpu.json``).
 """
 
 from __future__ import annotations
@@ -337,7 +337,7 @@ def influence_scores(classifier: TextClassifier, checkpoints: Sequence[TrainChec
             train = (weights, _device_batches(classifier, train_texts, y, rows, weights))
         acc = _zeros(spec, ck.params)
         golden_rows = (golden if golden_balance == "none" else
-                       balanced_golden_batches(classifier, ck.params, golden, k))
+                       balanced_golden_batches(classifier, ck.params, golden, gy, k))
         for _, batch in golden_rows:
             acc = _golden_grad(spec, ck.params, acc, *batch)
         eta = ck.lr_sum if lr_weighting == "segment" else ck.learning_rate

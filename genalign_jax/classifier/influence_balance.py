@@ -43,18 +43,21 @@ def center_by_label(credit: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def balanced_golden_batches(classifier: TextClassifier, params: nnx.State, golden: list,
-                     num_labels: int) -> list:
-    """The golden batches with each real row weighted by ``error_balanced_weights`` at
-    ``params`` (one forward over the golden set)."""
+                            golden_labels: np.ndarray, num_labels: int) -> list:
+    """The golden batches ``(index, (tokens, mask, labels, row weights))`` with each real row
+    (``index >= 0`` into ``golden_labels``) weighted by ``error_balanced_weights`` at ``params``
+    (one forward over the golden set)."""
     program = ClassifierProgram(classifier.graphdef)
     logits = to_host([program.eval_step(params, *batch[:3])[0] for _, batch in golden])
-    labels = to_host([batch[2] for _, batch in golden])
-    real = [index >= 0 for index, _ in golden]
-    z = np.concatenate([np.asarray(lg, np.float64)[r] for lg, r in zip(logits, real)])
+    rows = np.concatenate([index[index >= 0] for index, _ in golden])
+    z = np.concatenate([np.asarray(lg, np.float64)[index >= 0]
+                        for (index, _), lg in zip(golden, logits)])
     probs = np.exp(z - z.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    y = np.concatenate([lab[r] for lab, r in zip(labels, real)])
-    weights = error_balanced_weights(probs, y, num_labels)
-    return [(index, batch[:3] + (put_rows(np.where(r, weights[lab], 0.0).astype(np.float32),
-                                          classifier.mesh),))
-            for (index, batch), lab, r in zip(golden, labels, real)]
+    weights = error_balanced_weights(probs, golden_labels[rows], num_labels)
+    out = []
+    for index, batch in golden:
+        row_weights = np.where(index >= 0, weights[golden_labels[np.maximum(index, 0)]], 0.0)
+        out.append((index, batch[:3] + (put_rows(row_weights.astype(np.float32),
+                                                 classifier.mesh),)))
+    return out

@@ -60,9 +60,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         print(f"error: {message}\nPass --help for usage.", file=sys.stderr)
         sys.exit(2)
     except OSError as err:  # --config's file is missing, seen first by a --config.x override
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        print(f"error: --config: cannot load the config file: {lines[-1] if lines else err}",
-              file=sys.stderr)
+        print(f"error: {_config_file_error(err)}", file=sys.stderr)
         sys.exit(2)
     except (AttributeError, ValueError, TypeError, KeyError) as err:
         message = str(err).strip("'\"").replace("\\n", " ").replace("\\'", "'")
@@ -75,9 +73,13 @@ def load_config() -> RunConfig:
     try:
         return as_run_config(flags.FLAGS.config)
     except OSError as err:  # the file is missing or raised while loading
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise ConfigError(f"--config: cannot load the config file: {lines[-1] if lines else err}"
-                          ) from err
+        raise ConfigError(_config_file_error(err)) from err
+
+
+def _config_file_error(err: OSError) -> str:
+    """One line for ml-collections' multi-line 'cannot load the config file' error."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"--config: cannot load the config file: {lines[-1] if lines else err}"
 
 
 def _define_config_and_checkpoint(example: str) -> None:

@@ -290,6 +290,5 @@ def test_balanced_golden_and_label_centering_match_the_explicit_reference(run, f
 
 def test_run_config_defaults_are_the_library_defaults():
     rc = RewardConfig()
-    assert {k: getattr(rc, f"influence_{'params' if k == 'params' else k}")
-            for k in DEFAULTS if k != "lr_weighting"} == {
+    assert {k: getattr(rc, f"influence_{k}") for k in DEFAULTS if k != "lr_weighting"} == {
         k: v for k, v in DEFAULTS.items() if k != "lr_weighting"}

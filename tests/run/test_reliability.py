@@ -6,11 +6,14 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from configs import ag_news, sst2
 from genalign_jax.config import ConfigError, RunConfig, config_differences
 from genalign_jax.hf_checkpoint import CheckpointError
+from genalign_jax.run.checkpoint import NonFiniteStateError
 from genalign_jax.run.lock import RunLock, RunLockedError
 from genalign_jax.run.logger import RunLogger, read_jsonl, truncate_jsonl
 from genalign_jax.run.trainer import Trainer
@@ -148,11 +151,6 @@ def test_non_finite_truncated_and_corrupt_weights_are_named(tmp_path):
 def test_a_non_finite_ppo_update_stops_before_anything_is_saved(tmp_path):
     """NaN adapters (as from damaged weights): the epoch stops with a clear error, and neither a
     checkpoint nor a metrics line of the poisoned epoch is written."""
-    import jax
-    import jax.numpy as jnp
-
-    from genalign_jax.run.checkpoint import NonFiniteStateError
-
     trainer = Trainer(_tiny(tmp_path, epochs=2))
     try:
         state = trainer.state.ppo
