@@ -22,6 +22,7 @@ from typing import Any
 
 import ml_collections
 
+from genalign_jax.generator.llama_config import REMAT_POLICIES
 from genalign_jax.ppo.config import DEFAULT_LORA_TARGETS, PPOConfig, check_field_types
 from genalign_jax.reward.config import RewardConfig
 
@@ -70,6 +71,8 @@ class GeneratorSection(_Section):
                                    # (static shapes: no recompilation across epochs); 0 = power-of-two buckets
     dtype: str = "bfloat16"        # activations
     param_dtype: str = "bfloat16"  # weights
+    remat: str = "full"            # what PPO's backward recomputes: "full" (each layer: least memory),
+                                   # "dots" (attention only: ~1/4 fewer FLOPs), "none" (see LlamaConfig)
     lora_rank: int = 16            # LoRA rank on the projections; 0 = full fine-tuning (explicitly)
     lora_alpha: float = 32.0
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
@@ -159,7 +162,8 @@ CONVERGENCE_METRICS = ("golden/loss", "golden/accuracy", "golden/macro_f1", "rew
 # the run is); prefixes end in ".".
 RESUMABLE_FIELDS = ("loop.epochs", "loop.patience", "loop.min_delta", "loop.convergence_metric",
                     "loop.convergence_mode", "logging.", "checkpoint.", "mesh.", "output_dir",
-                    "run_name", "data.data_dir", "classifier.eval_batch_size")
+                    "run_name", "data.data_dir", "classifier.eval_batch_size",
+                    "generator.remat")  # remat trades memory for time only
 PPO_DERIVED_FIELDS = ("temperature", "trainable", "lora_rank", "lora_alpha", "lora_targets")
 _SECTIONS: dict[str, type] = {
     "generator": GeneratorSection, "classifier": ClassifierSection, "data": DataSection,
@@ -249,6 +253,7 @@ class RunConfig:
         """Every check that involves more than one field, or a choice among names."""
         g, s, k, d, lp = self.generator, self.generator.sampling, self.classifier, self.data, self.loop
         _choice("generator.source", g.source, ("hf", "gguf", "random"))
+        _choice("generator.remat", g.remat, REMAT_POLICIES)
         _choice("classifier.source", k.source, ("hf", "random"))
         _choice("classifier.embedding_pooling", k.embedding_pooling, ("mean", "cls"))
         _choice("loop.convergence_mode", lp.convergence_mode, ("max", "min"))

@@ -50,6 +50,7 @@ EMBEDDED: dict[str, Any] = {
     "ppo.warmup_steps": 10,
     "ppo.learning_rate": 3e-4,            # LoRA rank 8 on a 135M model, a handful of updates on CPU
     "ppo.num_minibatches": 2,
+    "ppo.recompute_logprobs": False,      # fp32: reuse the sampler's log-probs and hidden states
 }
 
 TINY: dict[str, Any] = {

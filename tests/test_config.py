@@ -66,6 +66,7 @@ def _with(**changes):
     ({"reward__credit": "groups", "reward__num_groups": 64}, "config.reward.num_groups (64) exceeds"),
     ({"loop__convergence_mode": "up"}, "config.loop.convergence_mode must be one of"),
     ({"generator__source": "onnx"}, "config.generator.source must be one of"),
+    ({"generator__remat": "some"}, "config.generator.remat must be one of"),
     ({"loop__epochs": 0}, "config.loop.epochs must be >= 1"),
     ({"data__k_shot": "two"}, "config.data: DataSection.k_shot must be an integer"),
     ({"ppo__kl_coefx": 0.1}, "unknown field(s) ['kl_coefx']"),

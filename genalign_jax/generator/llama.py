@@ -299,8 +299,11 @@ class Llama(nnx.Module):
                                                  use_lora=use_lora)
             return h, ((k, v) if keep_kv else None)
 
-        if self.config.remat:
+        if self.config.remat == "full":
             body = jax.checkpoint(body, prevent_cse=False)
+        elif self.config.remat == "dots":  # keep the weight matmuls' outputs, recompute the rest
+            body = jax.checkpoint(body, prevent_cse=False,
+                                  policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         return jax.lax.scan(body, x, layer_state)
 
     def forward(self, tokens: jax.Array, mask: jax.Array | None = None,

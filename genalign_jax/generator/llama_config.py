@@ -36,6 +36,9 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192
 
 
+REMAT_POLICIES = ("full", "dots", "none")
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
     """Architecture and numerics of a Llama model.
@@ -61,11 +64,19 @@ class LlamaConfig:
     pad_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    # Rematerialise each layer in the backward pass (keep only layer inputs): PPO on long
-    # prompts needs it; forward-only use (sampling) pays nothing.
-    remat: bool = True
+    # What each layer keeps for the backward pass (forward-only use pays nothing):
+    # "full": only its input, the whole layer is recomputed (PPO on long prompts needs it);
+    # "dots": also the outputs of its weight matmuls, only attention and elementwise ops are
+    # recomputed (most of the FLOPs saved, ~(3 D + 2 KV + 3 F) floats per token per layer kept);
+    # "none": everything.  True/False are read as "full"/"none".
+    remat: str = "full"
 
     def __post_init__(self):
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"LlamaConfig.remat must be one of {REMAT_POLICIES}, got "
+                             f"{self.remat!r}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
                      "num_heads", "num_kv_heads"):
             if int(getattr(self, name)) <= 0:

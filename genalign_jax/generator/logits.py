@@ -89,10 +89,12 @@ def sample_tokens(logits: jax.Array, rng: jax.Array,
     """Draws one token per row of ``logits`` ``[B, V]``.
 
     Returns ``(tokens [B] int32, logprobs [B], sampling_logprobs [B])``: the
-    log-probability under the raw distribution and under the sampling
-    distribution (see ``generator.sampler``'s docstring).
+    log-probability under the raw distribution (divided by
+    ``config.logprob_temperature``) and under the sampling distribution (see
+    ``generator.sampler``'s docstring).
     """
     logits = logits.astype(jnp.float32)
+    scaled = logits if config.logprob_temperature == 1.0 else logits / config.logprob_temperature
     if config.is_greedy:
         tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         sampling_lp = jnp.zeros(tokens.shape, jnp.float32)
@@ -100,4 +102,4 @@ def sample_tokens(logits: jax.Array, rng: jax.Array,
         filtered = filter_logits(logits, config)
         tokens = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
         sampling_lp = token_logprobs(filtered, tokens)
-    return tokens, token_logprobs(logits, tokens), sampling_lp
+    return tokens, token_logprobs(scaled, tokens), sampling_lp

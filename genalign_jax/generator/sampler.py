@@ -37,11 +37,12 @@ Alignment with a full forward
     ``genalign_jax.ppo.completion_logprobs`` does that recomputation from logits.
 
 Which log-probabilities
-    * ``logprobs`` = ``log_softmax(raw logits)[token]``: the policy's own
-      distribution pi, exactly what PPO recomputes from a fresh forward (no
-      temperature, no truncation).  Use these as the PPO behaviour/old
-      log-probs; the PPO ratio then compares pi_new and pi_old on the same
-      footing.
+    * ``logprobs`` = ``log_softmax(raw logits / logprob_temperature)[token]``
+      (``logprob_temperature`` defaults to 1: the policy's own distribution pi),
+      exactly what PPO recomputes from a fresh forward at that temperature (no
+      truncation).  Use these as the PPO behaviour/old log-probs; the PPO ratio
+      then compares pi_new and pi_old on the same footing.  A PPO whose policy
+      is softmax(logits / T) sets ``logprob_temperature=T`` to reuse them.
     * ``sampling_logprobs`` = log-probability under the distribution actually
       sampled from, q = softmax(logits / T) restricted to the top-k and
       nucleus sets and renormalised (0 for greedy rows).  With
@@ -98,6 +99,8 @@ class SamplingConfig:
       pad_token_id: emitted after a row has finished, and used for prompt padding.
       return_hidden: also return final hidden states ``[B, N, D]``.
       use_lora: run with LoRA adapters (``False`` = base/reference model).
+      logprob_temperature: ``logprobs`` are taken of ``logits / logprob_temperature``
+        (no truncation): 1 = the raw policy; PPO's temperature to let PPO reuse them.
     """
 
     max_new_tokens: int = 64
@@ -109,6 +112,7 @@ class SamplingConfig:
     pad_token_id: int = 0
     return_hidden: bool = False
     use_lora: bool = True
+    logprob_temperature: float = 1.0
 
     def __post_init__(self):
         if isinstance(self.stop_token_ids, int):
@@ -121,6 +125,9 @@ class SamplingConfig:
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise ValueError(f"SamplingConfig.temperature must be >= 0 (0 = greedy), "
                              f"got {self.temperature}")
+        if not math.isfinite(self.logprob_temperature) or self.logprob_temperature <= 0:
+            raise ValueError(f"SamplingConfig.logprob_temperature must be > 0, "
+                             f"got {self.logprob_temperature}")
         if int(self.top_k) < 0:
             raise ValueError(f"SamplingConfig.top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -163,13 +170,15 @@ class SampleOutput(flax.struct.PyTreeNode):
       prompt_length: ``P`` (static).
       completion_tokens: ``[B, N]`` (``pad_token_id`` after a row finished).
       completion_mask: ``[B, N]`` 1 for generated tokens, including the stop token.
-      logprobs: ``[B, N]`` float32 ``log_softmax(raw logits)[token]``, 0 where masked.
+      logprobs: ``[B, N]`` float32 ``log_softmax(raw logits / logprob_temperature)[token]``,
+        0 where masked.
       sampling_logprobs: ``[B, N]`` float32 log-prob under the sampling
         distribution (temperature/top-k/top-p applied; 0 for greedy or masked).
       hidden: ``[B, N, D]`` final hidden state at the position whose logits
         produced each token (model dtype), or ``None``.
       lengths: ``[B]`` number of generated tokens per row.
       stopped: ``[B]`` whether the row ended with a stop token.
+      logprob_temperature: the temperature ``logprobs`` were taken at (static).
     """
 
     tokens: jax.Array
@@ -182,6 +191,7 @@ class SampleOutput(flax.struct.PyTreeNode):
     hidden: jax.Array | None
     lengths: jax.Array
     stopped: jax.Array
+    logprob_temperature: float = flax.struct.field(pytree_node=False, default=1.0)
 
 
 # --------------------------------------------------------------------------- the program
@@ -360,4 +370,4 @@ def generate(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], prompt_tokens: 
         tokens, mask, row_stop = jax.device_put((tokens, mask, row_stop), place)
     with context:
         out = _generate_jit(graphdef, state, tokens, mask, row_stop, rng, config.program_key())
-    return SampleOutput(prompt_length=p, **out)
+    return SampleOutput(prompt_length=p, logprob_temperature=config.logprob_temperature, **out)

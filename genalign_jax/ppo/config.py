@@ -138,7 +138,10 @@ class PPOConfig:
     Rollout:
       recompute_logprobs: behaviour log-probs come from a teacher-forced
         forward of the current policy (``True``, exact PPO ratio of 1 on the
-        first minibatch) instead of the sampler's output.
+        first minibatch) instead of the sampler's output.  ``False`` reuses the
+        sampler's log-probs (taken at ``temperature``: ``SamplingConfig(
+        logprob_temperature=...)``) and hidden states and skips the policy
+        forward; float32 only (bfloat16's cached decode rounds differently).
 
     Trainable parameters:
       trainable: ``"lora"`` trains LoRA adapters and the value head only; the

@@ -10,7 +10,9 @@ returns.
 With ``config.recompute_logprobs=False`` and a sample that carries ``hidden``
 (``SamplingConfig(return_hidden=True)``), the behaviour log-probs and the
 value head's inputs come from the sampler itself and the policy forward is
-skipped: only the reference forward runs (half the work).  The sampler's
+skipped: only the reference forward runs (half the work).  The sampler must
+then take its log-probs at PPO's temperature
+(``SamplingConfig(logprob_temperature=config.temperature)``; checked).  The sampler's
 KV-cached decode gives the same numbers as a fresh forward to float rounding
 in float32; in bfloat16 the two differ by more than rounding, so keep
 ``recompute_logprobs=True`` there (the PPO ratio then starts at exactly 1).
@@ -141,9 +143,12 @@ def make_rollout(state: PPOState, sample: Any, scores: jax.Array | np.ndarray,
                          "(and the prompt must be non-empty)")
     if scores.shape != (b,):
         raise ValueError(f"make_rollout: scores must have shape [{b}], got {scores.shape}")
-    if not config.recompute_logprobs and config.temperature != 1.0:
-        raise ValueError("make_rollout: recompute_logprobs=False needs temperature=1.0 (the "
-                         "sampler's log-probs are of raw logits)")
+    sample_temperature = float(getattr(sample, "logprob_temperature", 1.0))
+    if not config.recompute_logprobs and sample_temperature != config.temperature:
+        raise ValueError(f"make_rollout: recompute_logprobs=False reuses the sampler's log-probs, "
+                         f"which were taken at temperature {sample_temperature}, but PPO's "
+                         f"temperature is {config.temperature}: sample with "
+                         f"SamplingConfig(logprob_temperature={config.temperature})")
     sample_logprobs = jnp.asarray(sample.logprobs, jnp.float32)
     hidden = getattr(sample, "hidden", None)
     reuse = (not config.recompute_logprobs and hidden is not None

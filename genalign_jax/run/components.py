@@ -150,23 +150,23 @@ def _gguf_path(config: RunConfig) -> str:
 
 def _load_generator_model(config: RunConfig, mesh: Mesh | None) -> tuple[Any, Any]:
     g = config.generator
-    dtypes = dict(dtype=g.dtype, param_dtype=g.param_dtype)
+    overrides = dict(dtype=g.dtype, param_dtype=g.param_dtype, remat=g.remat)
     if g.source == "hf":
         if not g.path:
             raise ConfigError("config.generator.path is empty (an HF folder or hub id is needed "
                               "for source='hf')")
-        model = gen.load_llama(g.path, mesh=mesh, **dtypes)
+        model = gen.load_llama(g.path, mesh=mesh, **overrides)
         tokenizer = (gen.build_char_tokenizer() if g.tokenizer == "char"
                      else gen.load_tokenizer(g.tokenizer or str(g.path)))
         return model, tokenizer
     if g.source == "gguf":
         path = _gguf_path(config)
-        model = gen.load_gguf_llama(path, mesh=mesh, **dtypes)
+        model = gen.load_gguf_llama(path, mesh=mesh, **overrides)
         tokenizer = (gen.load_tokenizer(g.tokenizer) if g.tokenizer
                      else gen.load_gguf_tokenizer(path, cache_dir=asset_cache_dir() / "tokenizers"))
         return model, tokenizer
     try:
-        llama_config = gen.get_preset(g.preset, **dtypes)
+        llama_config = gen.get_preset(g.preset, **overrides)
     except ValueError as err:
         raise ConfigError(f"config.generator.preset: {err}") from err
     model = gen.Llama(llama_config, rngs=nnx.Rngs(config.seed))
@@ -200,8 +200,10 @@ def build_generator(config: RunConfig, mesh: Mesh | None = None) -> GeneratorBun
             max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
             top_p=s.top_p, stop_token_ids=gen.stop_token_ids(tokenizer, newline=s.stop_at_newline),
             pad_token_id=gen.pad_token_id(tokenizer),
-            # make_rollout reuses the sampler's hidden states instead of a policy forward
-            return_hidden=not config.ppo.recompute_logprobs)
+            # make_rollout reuses the sampler's log-probs (at PPO's temperature) and hidden
+            # states instead of a policy forward
+            return_hidden=not config.ppo.recompute_logprobs,
+            logprob_temperature=config.ppo.temperature)
     except ValueError as err:
         raise ConfigError(f"config.generator.sampling: {err}") from err
     return GeneratorBundle(model, tokenizer, sampling)

@@ -67,6 +67,30 @@ def test_unsupported_configs_raise():
         get_preset("tiny", num_heads=3, num_kv_heads=2)
 
 
+def test_remat_policies_give_the_same_gradients():
+    """``remat`` trades memory for recompute only: full / dots / none give the same gradients."""
+    import jax
+
+    tokens, mask = padded_batch([9, 5], 9, 256, left=True)
+    grads = {}
+    for policy in ("full", "dots", "none"):
+        model = Llama(get_preset("tiny", remat=policy), rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(model)
+
+        def loss(s, graphdef=graphdef):
+            logits = nnx.merge(graphdef, s)(jnp.asarray(tokens), jnp.asarray(mask))
+            return jnp.mean(jnp.square(logits))
+
+        grads[policy] = jax.tree.leaves(jax.jit(jax.grad(loss))(state))
+    for policy in ("dots", "none"):
+        for a, b in zip(grads["full"], grads[policy]):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert get_preset("tiny", remat=True).remat == "full"
+    assert get_preset("tiny", remat=False).remat == "none"
+    with pytest.raises(ValueError, match="LlamaConfig.remat must be one of"):
+        get_preset("tiny", remat="some")
+
+
 def test_presets_have_the_published_sizes():
     assert abs(get_preset("llama3p1_8b").num_params - 8.03e9) < 0.01e9
     assert abs(get_preset("llama3p2_1b").num_params - 1.24e9) < 0.01e9

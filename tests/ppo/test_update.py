@@ -168,3 +168,34 @@ def test_rollout_reuses_the_samplers_logprobs_and_hidden_states(sample):
                                 dataclasses.replace(CONFIG, recompute_logprobs=False))
     np.testing.assert_allclose(np.asarray(fallback.values), np.asarray(recomputed.values),
                                atol=1e-6)
+
+
+def test_rollout_reuses_logprobs_taken_at_ppos_temperature(sample):
+    """A PPO temperature != 1: the sampler takes its log-probs at that temperature
+    (``logprob_temperature``) and the reuse path matches the recomputed batch; a sample taken at
+    another temperature is refused, naming both."""
+    out, scores = sample
+    model, state = _fresh_state()
+    config = dataclasses.replace(CONFIG, temperature=0.7)
+    state, _ = ppo.ppo_update(state, ppo.make_rollout(state, out, scores, config), config,
+                              jax.random.key(1))
+    ppo.sync_model(model, state)
+    prompts = toy_prompts(np.random.default_rng(3))
+    sampling = dataclasses.replace(TOY_SAMPLING, temperature=0.7, return_hidden=True,
+                                   logprob_temperature=0.7)
+    fresh = generate(model, prompts, np.ones_like(prompts), sampling, jax.random.key(2))
+    assert fresh.logprob_temperature == 0.7
+    recomputed = ppo.make_rollout(state, fresh, scores, config)
+    reused = ppo.make_rollout(state, fresh, scores,
+                              dataclasses.replace(config, recompute_logprobs=False))
+    for name in ("logprobs", "values", "rewards", "advantages", "returns", "kl"):
+        np.testing.assert_allclose(np.asarray(getattr(reused, name)),
+                                   np.asarray(getattr(recomputed, name)), atol=2e-5, err_msg=name)
+    raw = generate(model, prompts, np.ones_like(prompts),
+                   dataclasses.replace(sampling, logprob_temperature=1.0), jax.random.key(2))
+    # Same tokens (the sampling distribution does not depend on logprob_temperature) ...
+    np.testing.assert_array_equal(np.asarray(raw.tokens), np.asarray(fresh.tokens))
+    # ... but log-probs of another distribution, which the reuse path refuses.
+    assert float(np.abs(np.asarray(raw.logprobs - fresh.logprobs)).max()) > 1e-3
+    with pytest.raises(ValueError, match=r"temperature 1.0, but PPO's temperature is 0.7"):
+        ppo.make_rollout(state, raw, scores, dataclasses.replace(config, recompute_logprobs=False))

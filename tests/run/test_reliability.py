@@ -81,6 +81,12 @@ def test_config_differences_split_identity_from_resumable_fields():
     blocking, allowed = config_differences(stored, RunConfig.from_configdict(changed))
     assert set(blocking) == {"generator.lora_rank", "data.name"}
     assert allowed == {"loop.epochs": (2, 9)}
+    # The remat policy trades memory for time only: resumable, also for runs saved before it existed.
+    del stored["generator"]["remat"]
+    changed = sst2.get_config("tiny")
+    changed.generator.remat = "dots"
+    blocking, allowed = config_differences(stored, RunConfig.from_configdict(changed))
+    assert blocking == {} and allowed == {"generator.remat": (None, "dots")}
 
 
 @needs_sst2
