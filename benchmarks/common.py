@@ -1,9 +1,17 @@
-"""Shared helpers for the benchmarks: timing, tables and JSON results."""
+"""Shared helpers for the benchmarks: timing, the matmul roofline, tables and JSON results.
+
+Roofline: every CPU benchmark measures the matmul peak in the same process as the code it
+times (``matmul_peak``: one jitted [n, n] x [n, n] product in JAX, and ``torch.mm`` when a
+peer runs in PyTorch) and reports ``roofline(flops, seconds, peak)``: achieved FLOP/s and its
+fraction of that peak.  FLOPs are counted analytically (2 x multiply-adds of every matmul),
+each benchmark says which matmuls it counts.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +33,44 @@ def time_fn(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time in seconds of ``fn()`` (which must block until done)."""
     for _ in range(warmup):
         fn()
+    return median_time(fn, repeats)
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall seconds over ``repeats`` calls of a blocking ``fn`` (no warm-up)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+    return float(statistics.median(times))
+
+
+def matmul_peak(size: int = 2048, repeats: int = 7, torch: Any = None,
+                dtype: str = "float32") -> dict[str, float]:
+    """Achieved matmul FLOP/s of one [size]^2 x [size]^2 product (median of ``repeats``) in JAX,
+    and in PyTorch when ``torch`` (the module) is given: the roofline's ceiling on this machine."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), dtype)
+    square = jax.jit(lambda x: x @ x)
+    square(a).block_until_ready()
+    flops = 2.0 * size ** 3
+    out = {"size": size, "dtype": dtype,
+           "jax_flops": flops / median_time(lambda: square(a).block_until_ready(), repeats)}
+    if torch is not None:
+        ta = torch.from_numpy(np.array(a, np.float32)).to(getattr(torch, dtype))
+        torch.mm(ta, ta)
+        out["torch_flops"] = flops / median_time(lambda: torch.mm(ta, ta), repeats)
+    return out
+
+
+def roofline(flops: float, seconds: float, peak_flops_per_s: float) -> dict[str, float]:
+    """Achieved FLOP/s of ``flops`` done in ``seconds`` and its fraction of the measured peak."""
+    achieved = flops / seconds
+    return {"flops": float(flops), "flops_per_s": achieved,
+            "fraction_of_peak": achieved / peak_flops_per_s}
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:

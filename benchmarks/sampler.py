@@ -54,7 +54,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.common import print_table, write_json  # noqa: E402
+from benchmarks.common import matmul_peak, median_time, print_table, write_json  # noqa: E402
 from genalign_jax.data.assets import smollm2_gguf_path  # noqa: E402
 from genalign_jax.generator import (Llama, LlamaConfig, SamplingConfig, generate,  # noqa: E402
                                     get_preset, load_gguf_llama, load_llama, pad_prompts)
@@ -146,29 +146,6 @@ def generate_flops(config: LlamaConfig, lengths: np.ndarray, new_tokens: int) ->
     return {"prefill": float(prefill), "decode_steps": float(sum(steps)),
             "decode_step_mean": float(np.mean(steps)) if steps else 0.0,
             "total": float(prefill + sum(steps))}
-
-
-def matmul_peak(torch, size: int = 2048, repeats: int = 7) -> dict:
-    """fp32 matmul FLOP/s (``size``^3, median of ``repeats``) in JAX and PyTorch on this machine."""
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    t_jax = median_time(lambda: f(a).block_until_ready(), repeats)
-    ta = torch.from_numpy(np.array(a))  # a writable copy
-    torch.mm(ta, ta)
-    t_torch = median_time(lambda: torch.mm(ta, ta), repeats)
-    flops = 2 * size ** 3
-    return {"size": size, "jax_flops": flops / t_jax, "torch_flops": flops / t_torch}
-
-
-def median_time(fn, repeats: int) -> float:
-    """Median wall seconds over ``repeats`` calls of a blocking ``fn``."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
@@ -347,7 +324,7 @@ def main() -> None:
 
     # ----- roofline: model FLOPs of the call against the matmul peak measured now
     flops = generate_flops(config, mask.sum(axis=1), n)
-    peak = matmul_peak(torch)
+    peak = matmul_peak(torch=torch)
     for row, key in zip(rows, ("jax_flops", "torch_flops")):
         row["GFLOPs"] = flops["total"] / row["seconds"] / 1e9
         row["peak_fraction"] = flops["total"] / row["seconds"] / peak[key]
@@ -358,7 +335,8 @@ def main() -> None:
         floor = decode_floor(config, nnx.state(ours), b, p, n, bucket + n, copy_bandwidth())
         floor["ours_vs_floor"] = rows[0]["ms_per_step"] / floor["floor_ms_ideal"]
 
-    print(f"sampler: preset={args.preset} backend={backend} batch={b} prompt={p} new={n} "
+    print(f"sampler: model={args.gguf or args.checkpoint or args.preset} backend={backend} "
+          f"batch={b} prompt={p} new={n} "
           f"dtype={args.dtype} greedy={args.greedy} T={args.temperature} top_k={args.top_k} "
           f"top_p={args.top_p}")
     print_table(rows, ["impl", "seconds", "tokens_per_s", "ms_per_step", "prefill_ms",

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
+from benchmarks import flops as flops_lib
 from benchmarks import gpu_suite as gs
 
 GB = 1e9
@@ -94,12 +95,12 @@ def test_flop_count_matches_xla_cost_analysis(program):
         lowered = update_mod._update_program.lower(
             state.program, cfg, frozen, trainable, gs.abstract(state.opt_state),
             gs.abstract(state.kl), S((), i32), gs._rollout_batch(b, s), jax.random.key(0))
-        ours = gs.lora_update_flops(config, b, t, n, 8, cfg.lora_targets)["hardware"]
+        ours = flops_lib.lora_update_flops(config, b, t, n, 8, cfg.lora_targets)["hardware"]
     else:
         lowered = rollout_mod._rollout_program.lower(
             state.program, cfg, s.prompt_len, frozen, trainable, None, S((), f32),
             S((b, t), i32), S((b, t), i32), S((b, n), i32), S((b, n), f32), None, S((b,), f32))
-        ours = gs.rollout_flops(config, b, t, n, 8, cfg.lora_targets)
+        ours = flops_lib.rollout_flops(config, b, t, n, 8, cfg.lora_targets)
     xla = lowered.cost_analysis()["flops"]
     print(f"\n{program}: analytic {ours:.4e} FLOPs, XLA cost analysis {xla:.4e} "
           f"(ratio {xla / ours:.4f})")
@@ -110,7 +111,7 @@ def test_flop_count_matches_xla_cost_analysis(program):
 def test_model_flops_at_8b_are_about_4n_per_token():
     config = gs.llama_config(gs.Shapes())
     rows, t, n = 64, 576, 64
-    flops = gs.lora_update_flops(config, rows, t, n, 16, ("q_proj", "k_proj", "v_proj", "o_proj",
+    flops = flops_lib.lora_update_flops(config, rows, t, n, 16, ("q_proj", "k_proj", "v_proj", "o_proj",
                                                          "gate_proj", "up_proj", "down_proj"))
     per_token = flops["model"] / (rows * t)
     dense = config.num_params - 2 * config.vocab_size * config.hidden_size
