@@ -15,7 +15,7 @@ Both sides run the same architecture, batch, sequence length and optimiser
 the same real weights into both sides.  The sides are timed interleaved (``--rounds`` rounds
 of ``--steps`` steps each, ours then PyTorch), so load changes on a shared machine hit both
 alike; the step time is the median over rounds.  Roofline: the analytic train-step FLOPs
-(``benchmarks.common.encoder_train_flops``) over the step time, against the fp32 matmul peak
+(``benchmarks.flops.encoder_train_flops``) over the step time, against the fp32 matmul peak
 measured in the same process (JAX and PyTorch each against their own).  Dropout is timed on
 and off (``--dropout``).  On a small, shared CPU pass ``--torch_threads 1``: torch's default
 OpenMP threads spin-wait and collapse.  Prints a table and writes
@@ -43,10 +43,10 @@ import numpy as np  # noqa: E402
 from benchmarks.common import matmul_peak, roofline  # noqa: E402
 from benchmarks.flops import encoder_train_flops  # noqa: E402
 from genalign_jax import classifier as clf_lib  # noqa: E402
-from genalign_jax.data import assets  # noqa: E402
 from genalign_jax.classifier.encoder_config import from_hf_config, get_preset  # noqa: E402
 from genalign_jax.classifier.model import place_params, put_rows  # noqa: E402
 from genalign_jax.classifier.train import program_for  # noqa: E402
+from genalign_jax.data import assets  # noqa: E402
 
 
 def _args() -> argparse.Namespace:
@@ -203,10 +203,12 @@ def main() -> None:
     checkpoint = args.checkpoint
     if checkpoint == "embedded":
         checkpoint = str(assets.minilm_model_dir())
+    if checkpoint and not (Path(checkpoint) / "config.json").is_file():
+        raise SystemExit(f"--checkpoint {args.checkpoint}: no config.json in {checkpoint} "
+                         "(expected an HF encoder folder or 'embedded')")
     if checkpoint:
-        base = from_hf_config(Path(checkpoint) / "config.json",
-                                      num_labels=args.num_labels, dtype=args.dtype,
-                                      param_dtype="float32")
+        base = from_hf_config(Path(checkpoint) / "config.json", num_labels=args.num_labels,
+                              dtype=args.dtype, param_dtype="float32")
     else:
         base = get_preset(args.preset, num_labels=args.num_labels, dtype=args.dtype,
                           param_dtype="float32")

@@ -51,6 +51,7 @@ from benchmarks.common import (matmul_peak, peak_flops, print_table, roofline,  
 from benchmarks.flops import lora_update_flops, rollout_flops  # noqa: E402
 from genalign_jax import ppo  # noqa: E402
 from genalign_jax.generator import Llama, LlamaConfig, get_preset, load_llama  # noqa: E402
+from genalign_jax.generator.llama_config import REMAT_POLICIES  # noqa: E402
 
 log = logging.getLogger("ppo_step")
 
@@ -183,9 +184,10 @@ def main() -> None:
         raise SystemExit("--completion_len must be in (0, --seq_len)")
 
     remats = [x for x in args.remat.split(",") if x]
+    if not remats or set(remats) - set(REMAT_POLICIES):
+        parser.error(f"--remat {args.remat!r}: expected comma-separated {', '.join(REMAT_POLICIES)}")
     b, t, n = args.batch, args.seq_len, args.completion_len
     steps = args.ppo_epochs * args.num_minibatches
-    config = None
     variants = {}
     for remat in remats:
         model = build_model(args, remat)
@@ -197,7 +199,7 @@ def main() -> None:
         state = ppo.init_ppo_state(model, config, rngs=nnx.Rngs(args.seed))
         sample, scores = make_sample(mcfg, args)
         variants[remat] = _prepare(state, sample, scores, config, args)
-    # Interleaved repeats (remat on, off, on, ...): load changes hit every variant alike.
+    # Interleaved repeats (one call of each variant per round): load changes hit all alike.
     times: dict[tuple[bool, str], list[float]] = {}
     for _ in range(args.repeats):
         for remat, v in variants.items():
