@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from genalign_jax.classifier.encoder_config import ACTIVATIONS, EncoderConfig
+from genalign_jax.ops import token_matmul
 from genalign_jax.sharding import constrain_batch, param_path
 
 __all__ = [
@@ -79,7 +80,7 @@ class Dense(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        return x @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+        return token_matmul(x, self.kernel[...].astype(self.dtype)) + self.bias[...].astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -167,18 +168,19 @@ def encoder_positions(mask: jax.Array, config: EncoderConfig) -> jax.Array:
 
 
 def run_layers(graphdef: nnx.GraphDef, layer_state: nnx.State, x: jax.Array, key_mask: jax.Array,
-               layer_keys: jax.Array | None = None) -> jax.Array:
+               layer_keys: jax.Array | None = None, unroll: bool = True) -> jax.Array:
     """Runs stacked layers (``layer_state`` has a leading layer axis) over ``x`` with one scan.
 
     Any contiguous slice of the stack works, so callers can split the encoder (influence
     differentiates only its top layers).  ``layer_keys``: one dropout key per layer, or None.
+    ``unroll``: straight-line layers (``EncoderConfig.unroll_layers``) or a rolled loop.
     """
 
     def body(h, xs):
         state, key = xs
         return nnx.merge(graphdef, state)(h, key_mask, key), None
 
-    x, _ = jax.lax.scan(body, x, (layer_state, layer_keys))
+    x, _ = jax.lax.scan(body, x, (layer_state, layer_keys), unroll=unroll)
     return x
 
 
@@ -218,7 +220,8 @@ class Encoder(nnx.Module):
         x = self.embeddings(tokens, positions, token_type_ids)
         x = constrain_batch(_dropout(x, cfg.hidden_dropout, emb_key))
         graphdef, layer_state = nnx.split(self.layers)
-        return run_layers(graphdef, layer_state, x, mask.astype(bool), layer_keys)
+        return run_layers(graphdef, layer_state, x, mask.astype(bool), layer_keys,
+                          unroll=cfg.unroll_layers)
 
     def pool(self, hidden: jax.Array) -> jax.Array:
         """BERT pooler output ``tanh(dense(hidden[:, 0]))``."""

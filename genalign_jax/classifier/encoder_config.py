@@ -57,6 +57,12 @@ class EncoderConfig:
     model_type: str = "roberta"
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # The stacked layers run as one ``lax.scan``; unrolled (the default) it is straight-line
+    # code, which skips the per-layer copies a rolled scan makes (weight slices in, saved
+    # activations out, zero-filled stacks for the backward): 1.13-1.15x on the MiniLM train
+    # step on CPU.  Encoders are shallow, so the longer compile is small; False keeps the
+    # rolled loop (compile time independent of depth).
+    unroll_layers: bool = True
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",

@@ -156,7 +156,8 @@ def _lower(spec: _Spec, params: nnx.State, tokens: jax.Array, mask: jax.Array):
     frozen = spec.num_layers - spec.top_layers
     if frozen:
         graphdef, layers = nnx.split(enc.layers)
-        x = run_layers(graphdef, _layer_slice(layers, 0, frozen), x, mask.astype(bool))
+        x = run_layers(graphdef, _layer_slice(layers, 0, frozen), x, mask.astype(bool),
+                       unroll=enc.config.unroll_layers)
     return x
 
 
@@ -173,7 +174,8 @@ def _top(spec: _Spec, params: nnx.State, subset, lower, tokens: jax.Array,
     x = lower
     if spec.top_layers:
         graphdef, _ = nnx.split(model.encoder.layers)
-        x = run_layers(graphdef, subset["layers"], x, mask.astype(bool))
+        x = run_layers(graphdef, subset["layers"], x, mask.astype(bool),
+                       unroll=model.encoder.config.unroll_layers)
     return model.head(model.features(x))
 
 

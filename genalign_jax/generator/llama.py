@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from genalign_jax.generator.llama_config import LlamaConfig, rope_inverse_frequencies
+from genalign_jax.ops import token_matmul
 from genalign_jax.sharding import constrain_batch
 
 __all__ = [
@@ -87,9 +88,10 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array, use_lora: bool = True) -> jax.Array:
         x = x.astype(self.dtype)
-        y = x @ self.kernel[...].astype(self.dtype)
+        y = token_matmul(x, self.kernel[...].astype(self.dtype))
         if use_lora and self.lora_a is not None:
-            lora = (x @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype)
+            lora = token_matmul(token_matmul(x, self.lora_a[...].astype(self.dtype)),
+                                self.lora_b[...].astype(self.dtype))
             y = y + lora * jnp.asarray(self.lora_scale, self.dtype)
         return y
 
@@ -377,7 +379,7 @@ class Llama(nnx.Module):
     def logits(self, hidden: jax.Array, use_lora: bool = True) -> jax.Array:
         """Projects hidden states to vocabulary logits (float32)."""
         if self.lm_head is None:
-            out = hidden @ self.embed_tokens[...].astype(hidden.dtype).T
+            out = token_matmul(hidden, self.embed_tokens[...].astype(hidden.dtype).T)
         else:
             out = self.lm_head(hidden, use_lora)
         return out.astype(jnp.float32)

@@ -99,6 +99,29 @@ def test_dropout_is_active_only_with_a_key():
     np.testing.assert_allclose(dropped[dropped != 0], 1 / 0.75, rtol=1e-6)
 
 
+def test_unrolled_and_rolled_layers_give_the_same_logits_and_gradients():
+    """``unroll_layers`` changes how the layer scan is compiled, not what it computes
+    (with dropout on, so the per-layer keys must line up too)."""
+    tokens, mask = padded([9, 5, 7], 9, 128, 1)
+    key = jax.random.key(3, impl="rbg")
+    out = {}
+    for unroll in (True, False):
+        config = get_preset("tiny_roberta", hidden_dropout=0.2, unroll_layers=unroll)
+        graphdef, state = nnx.split(create_encoder_classifier(config, 0))
+
+        def loss(s, graphdef=graphdef):
+            logits = nnx.merge(graphdef, s)(jnp.asarray(tokens), jnp.asarray(mask),
+                                            dropout_key=key)
+            return jnp.sum(jnp.square(logits)), logits
+
+        (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+        out[unroll] = (np.asarray(logits), jax.tree.leaves(grads))
+    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(out[True][1], out[False][1], strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert get_preset("minilm_l6").unroll_layers  # the default
+
+
 def test_presets_have_the_published_sizes():
     # Parameter counts of HF RobertaForSequenceClassification / BertForSequenceClassification.
     assert get_preset("roberta_base").num_params == 124_647_170
