@@ -69,6 +69,9 @@ class GeneratorSection(_Section):
     chat: bool = True              # render prompts with the tokenizer's chat template (instruct models)
     max_prompt_tokens: int = 512   # prompts are left-padded/left-truncated to exactly this many tokens
                                    # (static shapes: no recompilation across epochs); 0 = power-of-two buckets
+    prompt_buckets: tuple[int, ...] = ()  # ascending widths < max_prompt_tokens: an epoch's prompts take the
+                                   # smallest that holds its longest prompt (max_prompt_tokens if none);
+                                   # cuts padding FLOPs; each bucket compiles once, the first epoch it occurs
     dtype: str = "bfloat16"        # activations
     param_dtype: str = "bfloat16"  # weights
     remat: str = "full"            # what PPO's backward recomputes: "full" (each layer: least memory),
@@ -163,7 +166,8 @@ CONVERGENCE_METRICS = ("golden/loss", "golden/accuracy", "golden/macro_f1", "rew
 RESUMABLE_FIELDS = ("loop.epochs", "loop.patience", "loop.min_delta", "loop.convergence_metric",
                     "loop.convergence_mode", "logging.", "checkpoint.", "mesh.", "output_dir",
                     "run_name", "data.data_dir", "classifier.eval_batch_size",
-                    "generator.remat")  # remat trades memory for time only
+                    "generator.remat",  # remat trades memory for time only
+                    "generator.prompt_buckets")  # drops padding-only columns: same results
 PPO_DERIVED_FIELDS = ("temperature", "trainable", "lora_rank", "lora_alpha", "lora_targets")
 _SECTIONS: dict[str, type] = {
     "generator": GeneratorSection, "classifier": ClassifierSection, "data": DataSection,
@@ -245,6 +249,7 @@ class RunConfig:
         for name in PPO_DERIVED_FIELDS:
             out["ppo"].pop(name)
         out["generator"]["lora_targets"] = tuple(self.generator.lora_targets)
+        out["generator"]["prompt_buckets"] = tuple(self.generator.prompt_buckets)
         return out
 
     # ------------------------------------------------------------------ cross-field checks
@@ -263,6 +268,16 @@ class RunConfig:
         if g.max_prompt_tokens < 0:
             raise ConfigError(f"config.generator.max_prompt_tokens must be >= 0, got "
                               f"{g.max_prompt_tokens}")
+        buckets = g.prompt_buckets
+        if buckets and g.max_prompt_tokens == 0:
+            raise ConfigError("config.generator.prompt_buckets needs config.generator."
+                              "max_prompt_tokens > 0 (0 already buckets by powers of two)")
+        if (any(isinstance(b, bool) or not isinstance(b, int) for b in buckets)
+                or list(buckets) != sorted(set(buckets))
+                or any(not 0 < b < g.max_prompt_tokens for b in buckets)):
+            raise ConfigError(f"config.generator.prompt_buckets must be strictly ascending "
+                              f"integers in (0, max_prompt_tokens={g.max_prompt_tokens}), "
+                              f"got {buckets!r}")
         n, b = lp.rollouts_per_epoch, s.batch_size
         if n < 1 or b < 1 or n % b:
             raise ConfigError(f"config.loop.rollouts_per_epoch ({n}) must be a positive multiple "
@@ -348,8 +363,9 @@ def _build_section(name: str, cls: type, values: Any) -> Any:
     for (section, field), sub in _NESTED.items():
         if section == name and field in kwargs:
             kwargs[field] = _build_section(f"{name}.{field}", sub, kwargs[field])
-    if "lora_targets" in kwargs:
-        kwargs["lora_targets"] = tuple(kwargs["lora_targets"])
+    for field in ("lora_targets", "prompt_buckets"):  # ConfigDict/JSON may hold lists
+        if isinstance(kwargs.get(field), (list, tuple)):
+            kwargs[field] = tuple(kwargs[field])
     return _wrap(name, lambda: cls(**kwargs))
 
 

@@ -72,6 +72,11 @@ def _with(**changes):
     ({"ppo__kl_coefx": 0.1}, "unknown field(s) ['kl_coefx']"),
     ({"generator__sampling__top_q": 0.1}, "config.generator.sampling: unknown field(s) ['top_q']"),
     ({"ppo__lora_rank": 8}, "are set from config.generator"),
+    ({"generator__prompt_buckets": (224, 192)}, "prompt_buckets must be strictly ascending"),
+    ({"generator__prompt_buckets": (192, 256)}, "in (0, max_prompt_tokens=256)"),
+    ({"generator__prompt_buckets": (1.5,)}, "prompt_buckets must be strictly ascending integers"),
+    ({"generator__prompt_buckets": (64,), "generator__max_prompt_tokens": 0},
+     "prompt_buckets needs config.generator.max_prompt_tokens > 0"),
 ])
 def test_bad_values_name_the_field(changes, message):
     with pytest.raises(ConfigError) as info:

@@ -3,7 +3,9 @@
 ``encode_prompts`` renders each prompt (plain text, or through the tokenizer's chat template
 with ``chat=True``), tokenises it and left-pads / left-truncates the batch to its final
 length: exactly ``length`` tokens when ``length > 0`` (a fixed shape: the sampler and PPO
-programs never recompile), or a power-of-two bucket of the longest prompt when ``length == 0``.
+programs never recompile), the smallest of a fixed set of ``buckets`` that holds the longest
+prompt (one compile per bucket; no padding-only columns beyond it), or a power-of-two bucket
+of the longest prompt when ``length == 0``.
 ``pad_prompts`` does the same shaping for batches that are already token ids.  The sampler
 (``generator.sampler.generate``) runs on the shape it is given and only validates it with
 ``check_prompt_batch``.  ``decode_completions`` turns a ``SampleOutput`` back into text.
@@ -185,23 +187,40 @@ def _fit(tokens: np.ndarray, mask: np.ndarray, length: int,
             np.concatenate([np.zeros((b, length - p), mask.dtype), mask], 1))
 
 
-def _target_length(width: int, length: int, bucket_min: int) -> int:
+def _target_length(width: int, length: int, bucket_min: int,
+                   buckets: Sequence[int] = ()) -> int:
+    """Final width of a batch whose longest prompt has ``width`` tokens.
+
+    ``length > 0`` with ``buckets``: the smallest bucket that holds ``width`` (``length`` when
+    none does); ``length > 0`` alone: ``length``; ``length == 0``: the power-of-two bucket.
+    """
     if length < 0:
         raise ValueError(f"prompt length must be >= 0 (0 = power-of-two buckets), got {length}")
-    return length if length > 0 else power_of_two_bucket(width, bucket_min)
+    if length == 0:
+        if buckets:
+            raise ValueError("prompt buckets need a maximum length (length > 0); length=0 "
+                             "already buckets by powers of two")
+        return power_of_two_bucket(width, bucket_min)
+    if list(buckets) != sorted(set(buckets)) or any(not 0 < b < length for b in buckets):
+        raise ValueError(f"prompt buckets must be strictly ascending and in (0, {length}), "
+                         f"got {tuple(buckets)}")
+    return next((b for b in buckets if b >= width), length)
 
 
 def pad_prompts(tokens: Any, mask: Any, *, length: int = 0, pad_id: int = 0,
-                bucket_min: int = 16) -> tuple[np.ndarray, np.ndarray, int]:
+                bucket_min: int = 16,
+                buckets: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray, int]:
     """Shapes an already tokenised left-padded batch like ``encode_prompts`` does.
 
-    ``length > 0``: left-pad / left-truncate to exactly ``length`` columns; ``length == 0``:
-    left-pad the width up to ``power_of_two_bucket(width, bucket_min)``.  Returns ``int32``
+    ``length > 0``: left-pad / left-truncate to exactly ``length`` columns, or with ``buckets``
+    to the smallest bucket holding the longest prompt; ``length == 0``: left-pad the width up
+    to ``power_of_two_bucket(width, bucket_min)``.  Returns ``int32``
     ``(tokens, mask, number of prompts that lost tokens)``.
     """
     tokens, mask = check_prompt_batch(tokens, mask, caller="pad_prompts")
     tokens, mask = np.asarray(tokens, np.int32), np.asarray(mask, np.int32)
-    target = _target_length(tokens.shape[1], length, bucket_min)
+    width = int(mask.sum(axis=1).max()) if buckets else tokens.shape[1]
+    target = _target_length(width, length, bucket_min, buckets)
     truncated = int((mask.sum(axis=1) > target).sum())
     tokens, mask = _fit(tokens, mask, target, pad_id)
     return tokens, mask, truncated
@@ -209,7 +228,7 @@ def pad_prompts(tokens: Any, mask: Any, *, length: int = 0, pad_id: int = 0,
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str] | Sequence[Sequence[Message]], *,
                    chat: bool = False, length: int = 0, system_prompt: str | None = None,
-                   bucket_min: int = 16,
+                   bucket_min: int = 16, buckets: Sequence[int] = (),
                    pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Renders, tokenises and left-pads a batch of prompts into ``int32 [B, L]`` tokens and mask.
 
@@ -221,6 +240,10 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str] | Sequence[Sequence[Me
       length: ``> 0``: exactly this many tokens per row, longer prompts keep their last
         ``length`` tokens (the instruction is at the end); ``0``: no truncation, the width is
         the power-of-two bucket (``>= bucket_min``) of the longest prompt.
+      buckets: with ``length > 0``, strictly ascending widths below ``length``: the batch
+        takes the smallest one that holds its longest prompt (``length`` when none does), so
+        a program compiles once per bucket and no prompt is truncated below ``length``.
+        Dropping all-padding columns changes no result: positions come from the mask.
       system_prompt: with ``chat=True`` and string prompts, a system turn to prepend.
       bucket_min: smallest bucket when ``length == 0``.
       pad_id: padding id (default ``pad_token_id(tokenizer)``).
@@ -241,7 +264,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str] | Sequence[Sequence[Me
             raise ValueError(f"encode_prompts: prompt {i} ({prompt!r}) encodes to no tokens")
         rows.append(ids)
     longest = max(len(r) for r in rows)
-    target = _target_length(longest, length, bucket_min)
+    target = _target_length(longest, length, bucket_min, buckets)
     tokens = np.full((len(rows), longest), pad, np.int32)
     mask = np.zeros((len(rows), longest), np.int32)
     for i, ids in enumerate(rows):

@@ -1,7 +1,8 @@
 """Stage 1 of an epoch: label-balanced ICL prompts → sampled completions → parsed examples.
 
 ``sample_rollouts(components, n, rng_seed, key)`` builds ``n`` prompts (data), shapes them to the
-run's static prompt length and samples one completion each in chunks of
+run's static prompt length (or the smallest ``generator.prompt_buckets`` width that holds the
+epoch's longest prompt) and samples one completion each in chunks of
 ``generator.sampling.batch_size`` (generator), then parses every completion into exactly one
 outcome (data).  The sampler outputs are kept per chunk: PPO scores exactly those rows.
 """
@@ -36,6 +37,11 @@ class Rollouts:
     seconds: float
     truncated_prompts: int = 0
 
+    @property
+    def prompt_width(self) -> int:
+        """Prompt columns the epoch ran at (``max_prompt_tokens`` or a prompt bucket)."""
+        return int(self.samples[0].prompt_length)
+
     def completion_lengths(self) -> np.ndarray:
         """Tokens generated per row (stop token included), over every chunk."""
         return np.concatenate([sharding_lib.to_host(s.lengths) for s in self.samples])
@@ -58,7 +64,8 @@ def sample_rollouts(components: Components, n: int, rng_seed: Any, key: jax.Arra
     chat = config.generator.chat
     forms = [list(p.messages) for p in prompts] if chat else [p.text for p in prompts]
     tokens, mask, truncated = gen.encode_prompts(g.tokenizer, forms, chat=chat,
-                                                 length=config.generator.max_prompt_tokens)
+                                                 length=config.generator.max_prompt_tokens,
+                                                 buckets=config.generator.prompt_buckets)
     sampling = g.sampling.replace(use_lora=use_lora)
     batch = config.generator.sampling.batch_size
     samples, completions, generated = [], [], 0

@@ -168,6 +168,7 @@ class Trainer:
             "gen/distinct_1": distinct_n(parse.kept_texts, 1),
             "gen/distinct_2": distinct_n(parse.kept_texts, 2),
             "gen/truncated_prompts": rollouts.truncated_prompts,
+            "gen/prompt_width": rollouts.prompt_width,  # max_prompt_tokens or a prompt bucket
             "gen/tokens_per_s": rollouts.generated_tokens / max(rollouts.seconds, 1e-9),
             "time/generate_s": rollouts.seconds,
             "time/epoch_s": time.perf_counter() - start,

@@ -116,6 +116,32 @@ def test_pad_prompts_shapes_token_batches_like_encode_prompts(tokenizer):
         check_prompt_batch(np.array([[5, 6]]), np.array([[1, 1]]), vocab_size=6)
 
 
+def test_prompt_buckets_take_the_smallest_width_that_holds_the_longest_prompt(tokenizer):
+    longest = max(len(tokenizer.encode(t)) for t in TEXTS)
+    full, full_mask, _ = encode_prompts(tokenizer, TEXTS, length=64)
+    for buckets, width in (((longest - 1, longest + 3, 40), longest + 3),  # first that holds it
+                           ((longest,), longest),                         # exactly full
+                           ((2, 4), 64)):                                 # none: the maximum
+        tokens, mask, truncated = encode_prompts(tokenizer, TEXTS, length=64, buckets=buckets)
+        assert tokens.shape == (4, width) and truncated == 0
+        # Only all-padding columns were dropped: the kept columns are the full batch's last ones.
+        np.testing.assert_array_equal(tokens, full[:, 64 - width:])
+        np.testing.assert_array_equal(mask, full_mask[:, 64 - width:])
+        assert full_mask[:, :64 - width].sum() == 0
+        got = pad_prompts(full, full_mask, length=64, buckets=buckets,
+                          pad_id=tokenizer.pad_token_id)
+        np.testing.assert_array_equal(got[0], tokens)
+        np.testing.assert_array_equal(got[1], mask)
+    # Prompts longer than every bucket are cut at the maximum, as without buckets.
+    tokens, _, truncated = encode_prompts(tokenizer, TEXTS, length=3, buckets=(2,))
+    assert tokens.shape == (4, 3) and truncated == 4
+    for bad in ((8, 4), (4, 4), (0, 8), (8, 64), (80,)):
+        with pytest.raises(ValueError, match="strictly ascending"):
+            encode_prompts(tokenizer, TEXTS, length=64, buckets=bad)
+    with pytest.raises(ValueError, match="need a maximum length"):
+        encode_prompts(tokenizer, TEXTS, buckets=(8,))
+
+
 def test_pad_falls_back_to_eos(tmp_path):
     tok = _build_tokenizer(tmp_path, pad=False, chat=False)
     assert tok.pad_token_id is None and pad_token_id(tok) == tok.eos_token_id == 2

@@ -199,3 +199,35 @@ def test_rollout_reuses_logprobs_taken_at_ppos_temperature(sample):
     assert float(np.abs(np.asarray(raw.logprobs - fresh.logprobs)).max()) > 1e-3
     with pytest.raises(ValueError, match=r"temperature 1.0, but PPO's temperature is 0.7"):
         ppo.make_rollout(state, raw, scores, dataclasses.replace(config, recompute_logprobs=False))
+
+
+def test_padding_only_prompt_columns_change_nothing(sample):
+    """Prompt buckets (``generator.prompt_buckets``) drop all-padding prompt columns: the samples,
+    the rollout batch and the update are the same as at the wider shape, to float rounding."""
+    _, scores = sample
+    prompts = toy_prompts(np.random.default_rng(5))
+    wide = np.concatenate([np.zeros((BATCH, 3), np.int32), prompts], axis=1)
+    wide_mask = np.concatenate([np.zeros((BATCH, 3), np.int32), np.ones_like(prompts)], axis=1)
+    sampling = dataclasses.replace(TOY_SAMPLING, return_hidden=True)
+    config = dataclasses.replace(CONFIG, recompute_logprobs=False)
+    outs, batches, trained = [], [], []
+    for tokens, mask in ((prompts, np.ones_like(prompts)), (wide, wide_mask)):
+        _, state = _fresh_state()
+        out = generate(_fresh_state()[0], tokens, mask, sampling, jax.random.key(7))
+        batch = ppo.make_rollout(state, out, scores, config)
+        state, metrics = ppo.ppo_update(state, batch, config, jax.random.key(8))
+        outs.append(out), batches.append(batch)
+        trained.append((_flat(state.trainable), _numpy(metrics)))
+    assert batches[1].prompt_length == batches[0].prompt_length + 3
+    np.testing.assert_array_equal(np.asarray(outs[1].completion_tokens),
+                                  np.asarray(outs[0].completion_tokens))
+    for name in ("logprobs", "ref_logprobs", "values", "advantages", "returns", "kl"):
+        np.testing.assert_allclose(np.asarray(getattr(batches[1], name)),
+                                   np.asarray(getattr(batches[0], name)), atol=2e-5, err_msg=name)
+    (narrow_params, narrow_metrics), (wide_params, wide_metrics) = trained
+    for name, value in narrow_metrics.items():
+        np.testing.assert_allclose(wide_metrics[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+    # Adam normalises each step: float-rounding differences in near-zero gradients may move a
+    # parameter by a fraction of one step (lr 1e-3), never more.
+    for name, value in narrow_params.items():
+        np.testing.assert_allclose(wide_params[name], value, atol=3e-4, err_msg=name)

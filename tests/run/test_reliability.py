@@ -81,12 +81,15 @@ def test_config_differences_split_identity_from_resumable_fields():
     blocking, allowed = config_differences(stored, RunConfig.from_configdict(changed))
     assert set(blocking) == {"generator.lora_rank", "data.name"}
     assert allowed == {"loop.epochs": (2, 9)}
-    # The remat policy trades memory for time only: resumable, also for runs saved before it existed.
+    # The remat policy trades memory for time only: resumable, also for runs saved before it
+    # existed; so are prompt buckets.
     del stored["generator"]["remat"]
     changed = sst2.get_config("tiny")
     changed.generator.remat = "dots"
+    changed.generator.prompt_buckets = (192, 224)  # drops padding-only columns: also resumable
     blocking, allowed = config_differences(stored, RunConfig.from_configdict(changed))
-    assert blocking == {} and allowed == {"generator.remat": (None, "dots")}
+    assert blocking == {} and allowed == {"generator.remat": (None, "dots"),
+                                          "generator.prompt_buckets": ([], [192, 224])}
 
 
 @needs_sst2
