@@ -192,11 +192,23 @@ def _gqa_attention(q, k, v, attend_mask):
     b, t, n, h = q.shape
     kv = k.shape[1]
     q = q.reshape(b, t, kv, n // kv, h)
-    logits = jnp.einsum("btkgh,bkhs->bkgts", q, k, preferred_element_type=jnp.float32)
+    # One query per row (a decode step) on CPU: XLA:CPU runs these two einsums as batched
+    # matmuls of B * kv tiny [g, h] x [h, S] products, ~1/3 of a SmolLM2 decode step; as a
+    # broadcast multiply + reduce they are one fused pass over the cache (same sums, another
+    # summation order).  GPUs keep the einsums.
+    per_element = t == 1 and jax.default_backend() == "cpu"
+    if per_element:
+        logits = jnp.sum(q[:, 0, :, :, :, None].astype(jnp.float32)
+                         * k[:, :, None].astype(jnp.float32), axis=3)[:, :, :, None]
+    else:
+        logits = jnp.einsum("btkgh,bkhs->bkgts", q, k, preferred_element_type=jnp.float32)
     logits = logits / math.sqrt(h)
     logits = jnp.where(attend_mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksh->btkgh", probs, v)
+    if per_element:
+        out = jnp.sum(probs[:, :, :, 0, :, None] * v[:, :, None], axis=3)[:, None]
+    else:
+        out = jnp.einsum("bkgts,bksh->btkgh", probs, v)
     return out.reshape(b, t, n, h)
 
 
