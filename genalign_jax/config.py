@@ -23,6 +23,7 @@ from typing import Any
 import ml_collections
 
 from genalign_jax.generator.llama_config import REMAT_POLICIES
+from genalign_jax.generator.tokenize import check_prompt_buckets
 from genalign_jax.ppo.config import DEFAULT_LORA_TARGETS, PPOConfig, check_field_types
 from genalign_jax.reward.config import RewardConfig
 
@@ -272,12 +273,12 @@ class RunConfig:
         if buckets and g.max_prompt_tokens == 0:
             raise ConfigError("config.generator.prompt_buckets needs config.generator."
                               "max_prompt_tokens > 0 (0 already buckets by powers of two)")
-        if (any(isinstance(b, bool) or not isinstance(b, int) for b in buckets)
-                or list(buckets) != sorted(set(buckets))
-                or any(not 0 < b < g.max_prompt_tokens for b in buckets)):
+        try:
+            check_prompt_buckets(buckets, g.max_prompt_tokens)
+        except ValueError as err:
             raise ConfigError(f"config.generator.prompt_buckets must be strictly ascending "
                               f"integers in (0, max_prompt_tokens={g.max_prompt_tokens}), "
-                              f"got {buckets!r}")
+                              f"got {buckets!r}") from err
         n, b = lp.rollouts_per_epoch, s.batch_size
         if n < 1 or b < 1 or n % b:
             raise ConfigError(f"config.loop.rollouts_per_epoch ({n}) must be a positive multiple "

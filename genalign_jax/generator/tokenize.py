@@ -41,6 +41,7 @@ __all__ = [
     "stop_token_ids",
     "render_chat",
     "power_of_two_bucket",
+    "check_prompt_buckets",
     "encode_prompts",
     "pad_prompts",
     "check_prompt_batch",
@@ -196,15 +197,26 @@ def _target_length(width: int, length: int, bucket_min: int,
     """
     if length < 0:
         raise ValueError(f"prompt length must be >= 0 (0 = power-of-two buckets), got {length}")
+    check_prompt_buckets(buckets, length)
     if length == 0:
-        if buckets:
-            raise ValueError("prompt buckets need a maximum length (length > 0); length=0 "
-                             "already buckets by powers of two")
         return power_of_two_bucket(width, bucket_min)
-    if list(buckets) != sorted(set(buckets)) or any(not 0 < b < length for b in buckets):
-        raise ValueError(f"prompt buckets must be strictly ascending and in (0, {length}), "
-                         f"got {tuple(buckets)}")
     return next((b for b in buckets if b >= width), length)
+
+
+def check_prompt_buckets(buckets: Sequence[int], length: int) -> None:
+    """Checks prompt ``buckets`` against the maximum prompt ``length``; raises ``ValueError``.
+
+    Buckets need ``length > 0`` and must be strictly ascending integers in ``(0, length)``.
+    """
+    if not buckets:
+        return
+    if length <= 0:
+        raise ValueError("prompt buckets need a maximum length (length > 0); length=0 "
+                         "already buckets by powers of two")
+    if (any(isinstance(b, bool) or not isinstance(b, int) for b in buckets)
+            or list(buckets) != sorted(set(buckets)) or any(not 0 < b < length for b in buckets)):
+        raise ValueError(f"prompt buckets must be strictly ascending integers in (0, {length}), "
+                         f"got {tuple(buckets)}")
 
 
 def pad_prompts(tokens: Any, mask: Any, *, length: int = 0, pad_id: int = 0,

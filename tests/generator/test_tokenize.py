@@ -135,7 +135,7 @@ def test_prompt_buckets_take_the_smallest_width_that_holds_the_longest_prompt(to
     # Prompts longer than every bucket are cut at the maximum, as without buckets.
     tokens, _, truncated = encode_prompts(tokenizer, TEXTS, length=3, buckets=(2,))
     assert tokens.shape == (4, 3) and truncated == 4
-    for bad in ((8, 4), (4, 4), (0, 8), (8, 64), (80,)):
+    for bad in ((8, 4), (4, 4), (0, 8), (8, 64), (80,), (8.5,), (True,)):
         with pytest.raises(ValueError, match="strictly ascending"):
             encode_prompts(tokenizer, TEXTS, length=64, buckets=bad)
     with pytest.raises(ValueError, match="need a maximum length"):

@@ -212,8 +212,8 @@ def test_padding_only_prompt_columns_change_nothing(sample):
     config = dataclasses.replace(CONFIG, recompute_logprobs=False)
     outs, batches, trained = [], [], []
     for tokens, mask in ((prompts, np.ones_like(prompts)), (wide, wide_mask)):
-        _, state = _fresh_state()
-        out = generate(_fresh_state()[0], tokens, mask, sampling, jax.random.key(7))
+        model, state = _fresh_state()
+        out = generate(model, tokens, mask, sampling, jax.random.key(7))
         batch = ppo.make_rollout(state, out, scores, config)
         state, metrics = ppo.ppo_update(state, batch, config, jax.random.key(8))
         outs.append(out), batches.append(batch)
