@@ -20,7 +20,8 @@ The model matches Hugging Face ``LlamaForCausalLM`` on the same weights (see
 * Linear layers carry optional LoRA adapters (``nnx.LoRAParam``) that can be
   switched off per call (``use_lora=False``) to get the reference policy without
   a second copy of the base weights.
-* Norms and softmax accumulate in float32 whatever the parameter dtype.
+* Norms and softmax accumulate in float32 whatever the parameter dtype; attention runs in the
+  layout each backend runs best (``generator/attention.py``).
 
 The configuration (``LlamaConfig``, presets, ``from_hf_config``) lives in
 ``generator/llama_config.py``.
@@ -28,13 +29,13 @@ The configuration (``LlamaConfig``, presets, ``from_hf_config``) lives in
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from genalign_jax.generator.attention import gqa_attention
 from genalign_jax.generator.llama_config import LlamaConfig, rope_inverse_frequencies
 from genalign_jax.ops import token_matmul
 from genalign_jax.sharding import constrain_batch
@@ -179,37 +180,8 @@ class Attention(nnx.Module):
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype),
                                                    (0, 0, cache_index, 0))
             k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
-        out = _gqa_attention(q, k, v, attend_mask)
+        out = gqa_attention(q, k, v, attend_mask)
         return self.o_proj(out.reshape(b, t, -1), use_lora), k, v
-
-
-def _gqa_attention(q, k, v, attend_mask):
-    """Softmax attention, logits and softmax in float32.
-
-    ``q`` is ``[B, T, heads, head_dim]``, ``k`` ``[B, kv, head_dim, S]``, ``v``
-    ``[B, kv, S, head_dim]`` (the ``KVCache`` layouts) and ``attend_mask`` ``[B, T, S]``.
-    """
-    b, t, n, h = q.shape
-    kv = k.shape[1]
-    q = q.reshape(b, t, kv, n // kv, h)
-    # One query per row (a decode step) on CPU: XLA:CPU runs these two einsums as batched
-    # matmuls of B * kv tiny [g, h] x [h, S] products, ~1/3 of a SmolLM2 decode step; as a
-    # broadcast multiply + reduce they are one fused pass over the cache (same sums, another
-    # summation order).  GPUs keep the einsums.
-    per_element = t == 1 and jax.default_backend() == "cpu"
-    if per_element:
-        logits = jnp.sum(q[:, 0, :, :, :, None].astype(jnp.float32)
-                         * k[:, :, None].astype(jnp.float32), axis=3)[:, :, :, None]
-    else:
-        logits = jnp.einsum("btkgh,bkhs->bkgts", q, k, preferred_element_type=jnp.float32)
-    logits = logits / math.sqrt(h)
-    logits = jnp.where(attend_mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    if per_element:
-        out = jnp.sum(probs[:, :, :, 0, :, None] * v[:, :, None], axis=3)[:, None]
-    else:
-        out = jnp.einsum("bkgts,bksh->btkgh", probs, v)
-    return out.reshape(b, t, n, h)
 
 
 class MLP(nnx.Module):

@@ -10,7 +10,6 @@ import pytest
 from flax import nnx
 
 from genalign_jax import hf_checkpoint
-from genalign_jax.generator.llama import _gqa_attention
 from genalign_jax.generator import (KVCache, Llama, default_positions, from_hf_config,
                                     get_preset, load_llama)
 from tests.hf_fixtures import LLAMA_VARIANTS, hf_logits, make_tiny_hf_llama, padded_batch
@@ -208,28 +207,3 @@ def test_sharded_safetensors_index_loads(tmp_path):
     err = np.abs(np.asarray(model(jnp.asarray(tokens), jnp.asarray(mask)))
                  - hf_logits(hf_model, tokens, mask)).max()
     assert err <= 1e-4
-
-
-@pytest.mark.parametrize("t", [1, 3])
-def test_gqa_attention_matches_a_numpy_reference(t):
-    """Both attention paths (one query per row runs as multiply + reduce on CPU, more as
-    einsums) equal softmax(q k^T / sqrt(h)) v with grouped heads and a key mask."""
-    rng = np.random.default_rng(t)
-    b, n, kv, h, s = 2, 6, 2, 8, 7
-    q = rng.normal(size=(b, t, n, h)).astype(np.float32)
-    k = rng.normal(size=(b, kv, h, s)).astype(np.float32)
-    v = rng.normal(size=(b, kv, s, h)).astype(np.float32)
-    mask = rng.random((b, t, s)) < 0.7
-    mask[..., 0] = True
-    got = np.asarray(_gqa_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                                    jnp.asarray(mask)))
-    group = n // kv
-    expected = np.zeros_like(q)
-    for head in range(n):
-        kh, vh = k[:, head // group], v[:, head // group]                 # [b, h, s], [b, s, h]
-        logits = np.einsum("bth,bhs->bts", q[:, :, head], kh) / np.sqrt(h)
-        logits = np.where(mask, logits, -np.inf)
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        expected[:, :, head] = np.einsum("bts,bsh->bth", probs, vh)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
