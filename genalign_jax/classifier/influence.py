@@ -37,7 +37,10 @@ change of L_golden after an SGD/Adam step of size η_t on z_i alone).
 How it is computed, per checkpoint:
 
 1. ∇L_golden over the subset: one backward pass over the golden set in fixed-row,
-   length-bucketed chunks (the encoder below the subset runs forward only).
+   length-bucketed chunks (the encoder below the subset runs forward only).  With
+   ``golden_balance="error"`` a forward pass first gives the class weights; it keeps the
+   features below the subset on device (up to 1 GiB), so the gradient pass then runs only the
+   subset instead of the whole encoder a second time.
 2. v_t = η_t P_t ∇L_golden, then ONE ``jax.jvp`` of the per-example loss vector along v_t
    per training chunk: its tangent output is ⟨∇ℓ(z_i), v_t⟩ for every row at once, for
    about the cost of a forward pass, with no per-example gradients.
@@ -52,9 +55,11 @@ keyed by a hashable ``_Spec``: a second call with the same shapes compiles nothi
 Accumulation is float32 on device, float64 across checkpoints on the host.
 
 Cost: T × (golden forward + subset backward + one training-set jvp; with
-``golden_balance="error"`` one more golden forward), independent of the number of training
-epochs; for the protocol of ``benchmarks/influence_variants.py`` it is 0.2-0.25x of the
-fine-tune, and 0.7-0.8x on ``:embedded``.
+``golden_balance="error"`` one more forward of the subset), independent of the number of
+training epochs; for the protocol of ``benchmarks/influence_variants.py`` it was 0.2-0.25x of
+the fine-tune, and 0.7-0.8x on ``:embedded`` before the golden features were kept (2026-12-07,
+43 SST-2 examples, 400 golden, 3 checkpoints: the default variant's pass took 14.4-17.8 s
+before and 12.0-12.8 s after, with bit-identical credit).
 Bias: first order (no curvature), and a few checkpoints stand in for the whole trajectory.
 Which variant finds mislabelled examples best was measured on real data
 (``benchmarks/influence_variants.py``; ``benchmarks/results/influence_variants_*_cpu.json``).
@@ -75,8 +80,8 @@ from genalign_jax.classifier import batching
 from genalign_jax.classifier.encoder import encoder_positions, run_layers
 from genalign_jax.classifier.evaluate import eval_rows
 from genalign_jax.classifier.model import TextClassifier, put_rows
-from genalign_jax.classifier.influence_balance import (balanced_golden_batches, center_by_label,
-                                                       error_balanced_weights)
+from genalign_jax.classifier.influence_balance import (center_by_label, error_balanced_weights,
+                                                       weight_golden_rows)
 from genalign_jax.classifier.program import GraphKey, cross_entropy
 from genalign_jax.classifier.train import TrainCheckpoint
 from genalign_jax.sharding import constrain_batch, to_host
@@ -95,6 +100,7 @@ CENTERINGS = ("label", "none")
 DEFAULTS = {"params": "head+last_k", "last_k": 1, "preconditioner": "adam", "normalize": "none",
             "lr_weighting": "segment", "golden_balance": "error", "center": "label"}
 _NORM_BATCH = 8  # rows per mini-batch of per-example gradients (normalisation only)
+_KEEP_FEATURES_BYTES = 1 << 30  # golden features kept on device between two passes (see below)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -188,10 +194,22 @@ def _zeros(spec: _Spec, params: nnx.State):
     return jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), _take(spec, params))
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
-def _golden_grad(spec: _Spec, params, acc, tokens, mask, labels, valid):
-    """``acc`` + ∇(Σ_rows valid · CE) over the subset (float32)."""
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _golden_forward(spec: _Spec, params, tokens, mask, keep_lower: bool):
+    """``(lower or None, logits [B, K])`` of a golden batch: the logits weigh the classes
+    (``golden_balance="error"``) and, with ``keep_lower``, the features below the subset
+    are kept for the gradient pass (which then runs only the subset)."""
     lower = _lower(spec, params, tokens, mask)
+    logits = _top(spec, params, _take(spec, params), lower, tokens, mask)
+    return (lower if keep_lower else None), logits.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _golden_grad(spec: _Spec, params, acc, lower, tokens, mask, labels, valid):
+    """``acc`` + ∇(Σ_rows valid · CE) over the subset (float32); ``lower`` from
+    ``_golden_forward`` (``None``: computed here)."""
+    if lower is None:
+        lower = _lower(spec, params, tokens, mask)
 
     def total(subset):
         logits = _top(spec, params, subset, lower, tokens, mask)
@@ -328,6 +346,10 @@ def influence_scores(classifier: TextClassifier, checkpoints: Sequence[TrainChec
         golden_texts, gy = [golden_texts[i] for i in keep], gy[keep]
     rows = eval_rows(classifier, batch_size)
     golden = _device_batches(classifier, golden_texts, gy, rows, np.ones(k, np.float32))
+    # Keep the golden features below the subset between the weighting forward and the gradient
+    # pass when they fit the budget (400 rows x 64 tokens of MiniLM: 39 MB).
+    feature_bytes = sum(batch[0].size for _, batch in golden) * classifier.config.hidden_size * 4
+    keep_lower = spec.subset != "all" and feature_bytes <= _KEEP_FEATURES_BYTES
     credit = np.zeros(len(y), np.float64)
     train = None
     for ck in checkpoints:
@@ -338,10 +360,17 @@ def influence_scores(classifier: TextClassifier, checkpoints: Sequence[TrainChec
         if train is None or not np.array_equal(weights, train[0]):
             train = (weights, _device_batches(classifier, train_texts, y, rows, weights))
         acc = _zeros(spec, ck.params)
-        golden_rows = (golden if golden_balance == "none" else
-                       balanced_golden_batches(classifier, ck.params, golden, gy, k))
-        for _, batch in golden_rows:
-            acc = _golden_grad(spec, ck.params, acc, *batch)
+        lowers = [None] * len(golden)
+        golden_rows = golden
+        if golden_balance == "error":
+            forwards = [_golden_forward(spec, ck.params, *batch[:2], keep_lower)
+                        for _, batch in golden]
+            lowers = [lower for lower, _ in forwards]
+            golden_rows = weight_golden_rows(classifier, golden,
+                                             to_host([lg for _, lg in forwards]), gy, k)
+        for lower, (_, batch) in zip(lowers, golden_rows):
+            acc = _golden_grad(spec, ck.params, acc, lower, *batch)
+        del lowers
         eta = ck.lr_sum if lr_weighting == "segment" else ck.learning_rate
         direction, precond, golden_norm = _direction(
             spec, ck.params, acc, np.float32(len(gy)), ck.nu, np.float32(ck.count),

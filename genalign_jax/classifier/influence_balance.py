@@ -7,13 +7,10 @@ Used by :func:`genalign_jax.classifier.influence.influence_scores` (``golden_bal
 from __future__ import annotations
 
 import numpy as np
-from flax import nnx
 
 from genalign_jax.classifier.model import TextClassifier, put_rows
-from genalign_jax.classifier.program import ClassifierProgram
-from genalign_jax.sharding import to_host
 
-__all__ = ["error_balanced_weights", "center_by_label", "balanced_golden_batches"]
+__all__ = ["error_balanced_weights", "center_by_label", "weight_golden_rows"]
 
 
 def error_balanced_weights(probs: np.ndarray, labels: np.ndarray, num_labels: int) -> np.ndarray:
@@ -42,13 +39,11 @@ def center_by_label(credit: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def balanced_golden_batches(classifier: TextClassifier, params: nnx.State, golden: list,
-                            golden_labels: np.ndarray, num_labels: int) -> list:
+def weight_golden_rows(classifier: TextClassifier, golden: list, logits: list,
+                       golden_labels: np.ndarray, num_labels: int) -> list:
     """The golden batches ``(index, (tokens, mask, labels, row weights))`` with each real row
-    (``index >= 0`` into ``golden_labels``) weighted by ``error_balanced_weights`` at ``params``
-    (one forward over the golden set)."""
-    program = ClassifierProgram(classifier.graphdef)
-    logits = to_host([program.eval_step(params, *batch[:3])[0] for _, batch in golden])
+    (``index >= 0`` into ``golden_labels``) weighted by ``error_balanced_weights``, from the
+    host ``logits`` ``[rows, K]`` of each batch (taken at the checkpoint being scored)."""
     rows = np.concatenate([index[index >= 0] for index, _ in golden])
     z = np.concatenate([np.asarray(lg, np.float64)[index >= 0]
                         for (index, _), lg in zip(golden, logits)])

@@ -14,6 +14,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from genalign_jax.classifier import batching, evaluate, train_classifier
+from genalign_jax.classifier import influence as influence_lib
 from genalign_jax.classifier.influence import (DEFAULTS, center_by_label, error_balanced_weights,
                                                influence_scores)
 from genalign_jax.classifier.program import GraphKey, cross_entropy
@@ -286,6 +287,20 @@ def test_balanced_golden_and_label_centering_match_the_explicit_reference(run, f
         influence_scores(model, stats.checkpoints, texts, labels, *golden, golden_balance="x")
     with pytest.raises(ValueError, match="center must be one of"):
         influence_scores(model, stats.checkpoints, texts, labels, *golden, center="class")
+
+
+@pytest.mark.parametrize("subset,last_k", [("head", 0), ("head+last_k", 1)])
+def test_kept_golden_features_give_the_credit_of_a_second_forward(run, monkeypatch, subset,
+                                                                  last_k):
+    """golden_balance="error" keeps the features below the subset from the weighting forward
+    for the gradient pass; over the memory budget it recomputes them: the same credit."""
+    model, stats, (texts, labels), golden = run
+    kw = dict(params=subset, last_k=last_k, golden_balance="error", center="none")
+    kept = influence_scores(model, stats.checkpoints, texts, labels, *golden, **kw)
+    monkeypatch.setattr(influence_lib, "_KEEP_FEATURES_BYTES", 0)
+    recomputed = influence_scores(model, stats.checkpoints, texts, labels, *golden, **kw)
+    np.testing.assert_allclose(kept, recomputed, rtol=1e-6, atol=1e-9 * np.abs(kept).max())
+    assert np.abs(kept).max() > 0
 
 
 def test_run_config_defaults_are_the_library_defaults():
