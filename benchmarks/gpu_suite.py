@@ -791,6 +791,8 @@ def dry_run(s: Shapes, programs: tuple[str, ...] = PROGRAMS, compile_programs: b
             out: Path | None = None) -> dict[str, Any]:
     """Lowers (and compiles) the 8B programs on the current (CPU) backend; returns the report."""
     import jax
+
+    from genalign_jax.generator.attention import accelerator_layout
     t_start = time.perf_counter()
     config, graphdef, model_state, state, bench_cfg, loop_cfg = build_abstract(s)
     setup_s = time.perf_counter() - t_start
@@ -802,7 +804,8 @@ def dry_run(s: Shapes, programs: tuple[str, ...] = PROGRAMS, compile_programs: b
     for name in programs:
         description, build = builders[name]
         t0 = time.perf_counter()
-        lowered, args = build()
+        with accelerator_layout():  # trace attention as the GPU runs it, not the CPU blocks
+            lowered, args = build()
         lowered_bytes, donated = lowered_argument_bytes(lowered)
         row: dict[str, Any] = {"program": name, "what": description,
                                "lower_s": time.perf_counter() - t0,

@@ -24,23 +24,39 @@ Three implementations of the same sums:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["CPU_BLOCK_BYTES", "gqa_attention", "rows_per_block"]
+__all__ = ["CPU_BLOCK_BYTES", "accelerator_layout", "gqa_attention", "rows_per_block"]
 
 # Float32 logits of one block of rows on CPU: a few MB stays in the per-core L2 + shared L3.
 CPU_BLOCK_BYTES = 8 << 20
 
 _NEG = float(jnp.finfo(jnp.float32).min)
+_force_einsums = False
+
+
+@contextlib.contextmanager
+def accelerator_layout() -> Iterator[None]:
+    """Programs traced inside use the accelerators' einsums on CPU too: for compiling GPU-shaped
+    programs on a CPU host (``benchmarks/gpu_suite.py --dry_run``) as the GPU will run them.
+    Only programs traced inside are affected, not ones jit has already cached."""
+    global _force_einsums
+    previous, _force_einsums = _force_einsums, True
+    try:
+        yield
+    finally:
+        _force_einsums = previous
 
 
 def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, attend_mask: jax.Array) -> jax.Array:
     """Grouped-query attention ``[B, T, heads, h]`` (see the module docstring for the layouts)."""
-    if jax.default_backend() != "cpu":
+    if _force_einsums or jax.default_backend() != "cpu":
         return _einsum_attention(q, k, v, attend_mask)
     if q.shape[1] == 1:
         return _decode_attention_cpu(q, k, v, attend_mask)

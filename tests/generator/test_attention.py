@@ -94,3 +94,18 @@ def test_blocked_path_runs_in_bfloat16():
 ])
 def test_rows_per_block(batch, bytes_per_row, expected):
     assert attention.rows_per_block(batch, bytes_per_row) == expected
+
+
+def test_accelerator_layout_traces_the_einsums_on_cpu():
+    """The GPU suite's dry run compiles GPU-shaped programs on CPU as the GPU will run them."""
+    args = [jnp.asarray(x) for x in _inputs(3)]
+    if jax.default_backend() != "cpu":
+        pytest.skip("the blocked path is CPU-only")
+    def trace():  # a fresh function each time: make_jaxpr caches traces per function
+        return str(jax.make_jaxpr(lambda *a: attention.gqa_attention(*a))(*args))
+
+    blocked = trace()
+    with attention.accelerator_layout():
+        forced = trace()
+    assert "custom_vjp" in blocked and "custom_vjp" not in forced
+    assert "custom_vjp" in trace()  # restored on exit
