@@ -370,7 +370,6 @@ def influence_scores(classifier: TextClassifier, checkpoints: Sequence[TrainChec
                                              to_host([lg for _, lg in forwards]), gy, k)
         for lower, (_, batch) in zip(lowers, golden_rows):
             acc = _golden_grad(spec, ck.params, acc, lower, *batch)
-        del lowers
         eta = ck.lr_sum if lr_weighting == "segment" else ck.learning_rate
         direction, precond, golden_norm = _direction(
             spec, ck.params, acc, np.float32(len(gy)), ck.nu, np.float32(ck.count),

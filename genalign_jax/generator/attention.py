@@ -67,6 +67,9 @@ def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, attend_mask: jax.Arr
 
 def rows_per_block(batch: int, bytes_per_row: int) -> int:
     """The largest divisor of ``batch`` whose rows' logits fit ``CPU_BLOCK_BYTES`` (at least 1)."""
+    if batch < 1 or bytes_per_row < 1:
+        raise ValueError(f"rows_per_block: batch ({batch}) and bytes_per_row ({bytes_per_row}) "
+                         "must be positive")
     fits = [rows for rows in range(1, batch + 1)
             if batch % rows == 0 and rows * bytes_per_row <= CPU_BLOCK_BYTES]
     return max(fits, default=1)
@@ -142,16 +145,20 @@ def _unblock(x: jax.Array) -> jax.Array:
     return x.reshape(-1, *x.shape[2:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _blocked_core(q, k, v, mask, rows):
-    """Attention of ``q`` ``[B, kv, g, T, h]``, ``rows`` rows per ``lax.map`` step."""
+def _blocked_forward(q, k, v, mask, rows):
     out = jax.lax.map(lambda a: _block_forward(*a),
-                      (_blocks(q, rows), _blocks(k, rows), _blocks(v, rows), _blocks(mask, rows)))
+                      tuple(_blocks(x, rows) for x in (q, k, v, mask)))
     return _unblock(out)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _blocked_core(q, k, v, mask, rows):
+    """Attention of ``q`` ``[B, kv, g, T, h]``, ``rows`` rows per ``lax.map`` step."""
+    return _blocked_forward(q, k, v, mask, rows)
+
+
 def _blocked_core_fwd(q, k, v, mask, rows):
-    return _blocked_core(q, k, v, mask, rows), (q, k, v, mask)
+    return _blocked_forward(q, k, v, mask, rows), (q, k, v, mask)
 
 
 def _blocked_core_bwd(rows, residuals, d_out):

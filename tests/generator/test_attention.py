@@ -96,6 +96,12 @@ def test_rows_per_block(batch, bytes_per_row, expected):
     assert attention.rows_per_block(batch, bytes_per_row) == expected
 
 
+@pytest.mark.parametrize("batch,bytes_per_row", [(0, 4), (4, 0), (-2, 4)])
+def test_rows_per_block_rejects_non_positive_sizes(batch, bytes_per_row):
+    with pytest.raises(ValueError, match="must be positive"):
+        attention.rows_per_block(batch, bytes_per_row)
+
+
 def test_accelerator_layout_traces_the_einsums_on_cpu():
     """The GPU suite's dry run compiles GPU-shaped programs on CPU as the GPU will run them."""
     args = [jnp.asarray(x) for x in _inputs(3)]
