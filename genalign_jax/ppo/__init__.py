@@ -37,6 +37,9 @@ Pieces, usable on their own:
 * ``init_ppo_state`` / ``PPOState``, ``make_rollout`` / ``RolloutBatch``,
   ``concat_rollouts`` (several sampler calls -> one batch), ``ppo_update``,
   ``sync_model``, ``policy_model``.
+
+On CPU the rollout and update programs compile their matrix products with XLA's Eigen path
+instead of YNNPACK (faster at their thousands of rows; ``genalign_jax.ppo.cpu_dots``).
 """
 
 from genalign_jax.ppo.config import DEFAULT_LORA_TARGETS, PPOConfig, ValueHeadConfig

@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx, struct
 
 from genalign_jax.ppo.config import PPOConfig
+from genalign_jax.ppo.cpu_dots import jit_eigen_dots_on_cpu
 from genalign_jax.ppo.gae import compute_advantages
 from genalign_jax.ppo.kl import per_token_rewards
 from genalign_jax.ppo.policy import PPOProgram, evaluate, reference_logprobs
@@ -85,7 +86,7 @@ class RolloutBatch:
         return int(self.completion_mask.shape[1])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+@functools.partial(jit_eigen_dots_on_cpu, static_argnums=(0, 1, 2))
 def _rollout_program(program: PPOProgram, config: PPOConfig, prompt_length: int, frozen: dict,
                      trainable: dict, reference: Any, beta: jax.Array, tokens: jax.Array,
                      mask: jax.Array, completion_mask: jax.Array, sample_logprobs: jax.Array,

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from genalign_jax.ppo.config import PPOConfig
+from genalign_jax.ppo.cpu_dots import jit_eigen_dots_on_cpu
 from genalign_jax.ppo.gae import masked_mean, masked_var
 from genalign_jax.ppo.kl import kl_estimate, update_kl_controller
 from genalign_jax.ppo.losses import explained_variance, policy_loss, value_loss
@@ -56,7 +57,7 @@ def ppo_loss(trainable: dict, program: PPOProgram, frozen: dict, batch: RolloutB
     return loss, metrics
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3, 4))
+@functools.partial(jit_eigen_dots_on_cpu, static_argnums=(0, 1), donate_argnums=(3, 4))
 def _update_program(program: PPOProgram, config: PPOConfig, frozen: dict, trainable: dict,
                     opt_state: Any, kl_state: Any, step: jax.Array, batch: RolloutBatch,
                     rng: jax.Array):

@@ -14,6 +14,8 @@ import pytest
 from flax import nnx
 
 from genalign_jax import ppo
+from genalign_jax.ppo import rollout as rollout_module
+from genalign_jax.ppo import update as update_module
 from genalign_jax.generator import Llama, generate, get_preset
 from genalign_jax.sharding import param_path
 from tests.ppo import BATCH, TOY_CONFIG, TOY_SAMPLING, toy_prompts, toy_reward
@@ -231,3 +233,21 @@ def test_padding_only_prompt_columns_change_nothing(sample):
     # parameter by a fraction of one step (lr 1e-3), never more.
     for name, value in narrow_params.items():
         np.testing.assert_allclose(wide_params[name], value, atol=3e-4, err_msg=name)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's dot library")
+def test_rollout_and_update_programs_run_their_dots_with_eigen_on_cpu(sample):
+    """ppo.cpu_dots.jit_eigen_dots_on_cpu: no product of either program goes to YNNPACK."""
+    out, scores = sample
+    _, state = _fresh_state()
+    batch = ppo.make_rollout(state, out, scores, CONFIG)
+    update = update_module._update_program.lower(
+        state.program, CONFIG, state.frozen, state.trainable, state.opt_state, state.kl,
+        state.step, batch, jax.random.key(0)).compile().as_text()
+    rollout = rollout_module._rollout_program.lower(
+        state.program, CONFIG, int(out.prompt_length), state.frozen, state.trainable,
+        state.reference, state.kl.beta, jnp.asarray(out.tokens), jnp.asarray(out.mask),
+        jnp.asarray(out.completion_mask), jnp.asarray(out.logprobs, jnp.float32), None, jnp.asarray(scores, jnp.float32)).compile().as_text()
+    for text in (update, rollout):
+        assert " dot(" in text
+        assert "__ynn_fusion" not in text
