@@ -1,16 +1,16 @@
 """Benchmark: XLA:CPU's two dot libraries, YNNPACK (jaxlib 0.10's default) and Eigen, per shape.
 
-Why it exists: ``genalign_jax.ppo.cpu_dots.jit_eigen_dots_on_cpu`` compiles the rollout and PPO-update
-programs with Eigen dots and leaves the sampler (decode) on YNNPACK.  This benchmark is the
-evidence: every matrix product shape the ``:embedded`` loop runs (SmolLM2-135M decode at 32 rows,
-prefill at 32 x 208, rollout/PPO at 32 x 256 incl. the backward's ``dy @ W^T``; MiniLM at
-16 x 64), compiled twice in one process (``compiler_options``), timed interleaved (A B A B),
+Why it exists: ``genalign_jax.ppo.cpu_dots.jit_eigen_dots_on_cpu`` compiles the rollout and
+PPO-update programs with Eigen dots and leaves the sampler (decode) on YNNPACK.  This benchmark
+is the evidence: every matrix product shape the ``:embedded`` loop runs (SmolLM2-135M decode at
+32 rows, prefill at 32 x 208, rollout/PPO at 32 x 256 incl. the backward's ``dy @ W^T``; MiniLM
+at 16 x 64), compiled twice in one process (``compiler_options``), timed interleaved (A B A B),
 medians.  FLOPs = 2 x rows x in x out; the roofline is each library's fp32 [2048]^2 product in
 the same run, and the best of the two is the peak quoted.
 
 Usage::
 
-    python benchmarks/cpu_dot_library.py          # writes benchmarks/results/cpu_dot_library_cpu.json
+    python benchmarks/cpu_dot_library.py    # writes benchmarks/results/cpu_dot_library_cpu.json
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ is 1.12-1.37x faster (k/v projections: a tie); for the sampler's decode (32 rows
 1.6-1.75x faster, and 1.0-1.3x at the classifier's 1024 rows.  So the programs made of many-row
 products (the rollout's scoring forward, the PPO update) compile with Eigen dots on CPU and
 everything else keeps XLA's default.  Only float rounding changes (another summation order);
-accelerators are unaffected.
+accelerators are unaffected.  These per-program compiler options take precedence over the same
+option in ``XLA_FLAGS``.
 
 The PPO package keeps this here (not in ``genalign_jax.ops``) so that ``import genalign_jax.ppo``
 pulls in no other project module.

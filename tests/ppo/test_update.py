@@ -14,9 +14,9 @@ import pytest
 from flax import nnx
 
 from genalign_jax import ppo
+from genalign_jax.generator import Llama, generate, get_preset
 from genalign_jax.ppo import rollout as rollout_module
 from genalign_jax.ppo import update as update_module
-from genalign_jax.generator import Llama, generate, get_preset
 from genalign_jax.sharding import param_path
 from tests.ppo import BATCH, TOY_CONFIG, TOY_SAMPLING, toy_prompts, toy_reward
 
@@ -247,7 +247,8 @@ def test_rollout_and_update_programs_run_their_dots_with_eigen_on_cpu(sample):
     rollout = rollout_module._rollout_program.lower(
         state.program, CONFIG, int(out.prompt_length), state.frozen, state.trainable,
         state.reference, state.kl.beta, jnp.asarray(out.tokens), jnp.asarray(out.mask),
-        jnp.asarray(out.completion_mask), jnp.asarray(out.logprobs, jnp.float32), None, jnp.asarray(scores, jnp.float32)).compile().as_text()
+        jnp.asarray(out.completion_mask), jnp.asarray(out.logprobs, jnp.float32), None,
+        jnp.asarray(scores, jnp.float32)).compile().as_text()
     for text in (update, rollout):
         assert " dot(" in text
         assert "__ynn_fusion" not in text
