@@ -28,10 +28,10 @@ from genalign_jax.generator.llama_config import (PRESETS, LlamaConfig, RopeScali
 from genalign_jax.generator.logits import filter_logits, sample_tokens, token_logprobs
 from genalign_jax.generator.sampler import SampleOutput, SamplingConfig, generate
 from genalign_jax.generator.tokenize import (build_char_tokenizer, check_prompt_batch,
-                                             check_prompt_buckets,
-                                             decode_completions, encode_prompts, load_tokenizer,
-                                             newline_token_ids, pad_prompts, pad_token_id,
-                                             power_of_two_bucket, render_chat, stop_token_ids)
+                                             check_prompt_buckets, decode_completions,
+                                             encode_prompts, load_tokenizer, newline_token_ids,
+                                             pad_prompts, pad_token_id, power_of_two_bucket,
+                                             render_chat, stop_token_ids)
 from genalign_jax.generator.weights import abstract_llama, load_llama
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "abstract_llama",
     "build_char_tokenizer",
     "check_prompt_batch",
+    "check_prompt_buckets",
     "decode_completions",
     "default_positions",
     "encode_prompts",
@@ -61,7 +62,6 @@ __all__ = [
     "newline_token_ids",
     "open_gguf",
     "pad_prompts",
-    "check_prompt_buckets",
     "pad_token_id",
     "power_of_two_bucket",
     "render_chat",
