@@ -1,6 +1,6 @@
 """Benchmark: XLA:CPU's two dot libraries, YNNPACK (jaxlib 0.10's default) and Eigen, per shape.
 
-Why it exists: ``genalign_jax.ppo.cpu_dots.jit_eigen_dots_on_cpu`` compiles the rollout and
+Why it exists: ``genalign_jax.cpu_dots.jit_eigen_dots_on_cpu`` compiles the rollout and
 PPO-update programs with Eigen dots and leaves the sampler (decode) on YNNPACK.  This benchmark
 is the evidence: every matrix product shape the ``:embedded`` loop runs (SmolLM2-135M decode at
 32 rows, prefill at 32 x 208, rollout/PPO at 32 x 256 incl. the backward's ``dy @ W^T``; MiniLM
@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import print_table, write_json  # noqa: E402
 
-from genalign_jax.ppo.cpu_dots import EIGEN_CPU_DOTS  # noqa: E402
+from genalign_jax.cpu_dots import EIGEN_CPU_DOTS  # noqa: E402
 
 LIBRARIES = {"ynnpack": {}, "eigen": EIGEN_CPU_DOTS}
 

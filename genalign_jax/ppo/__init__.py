@@ -39,7 +39,7 @@ Pieces, usable on their own:
   ``sync_model``, ``policy_model``.
 
 On CPU the rollout and update programs compile their matrix products with XLA's Eigen path
-instead of YNNPACK (faster at their thousands of rows; ``genalign_jax.ppo.cpu_dots``).
+instead of YNNPACK (faster at their thousands of rows; ``genalign_jax.cpu_dots``).
 """
 
 from genalign_jax.ppo.config import DEFAULT_LORA_TARGETS, PPOConfig, ValueHeadConfig

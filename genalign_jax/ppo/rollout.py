@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from genalign_jax.cpu_dots import jit_eigen_dots_on_cpu
 from genalign_jax.ppo.config import PPOConfig
-from genalign_jax.ppo.cpu_dots import jit_eigen_dots_on_cpu
 from genalign_jax.ppo.gae import compute_advantages
 from genalign_jax.ppo.kl import per_token_rewards
 from genalign_jax.ppo.policy import PPOProgram, evaluate, reference_logprobs

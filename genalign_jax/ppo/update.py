@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from genalign_jax.cpu_dots import jit_eigen_dots_on_cpu
 from genalign_jax.ppo.config import PPOConfig
-from genalign_jax.ppo.cpu_dots import jit_eigen_dots_on_cpu
 from genalign_jax.ppo.gae import masked_mean, masked_var
 from genalign_jax.ppo.kl import kl_estimate, update_kl_controller
 from genalign_jax.ppo.losses import explained_variance, policy_loss, value_loss

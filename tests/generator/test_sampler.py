@@ -19,6 +19,7 @@ from genalign_jax import ppo
 from genalign_jax.compile_counter import CompileCounter
 from genalign_jax.generator import (Llama, SamplingConfig, filter_logits, generate, get_preset,
                                     load_llama, pad_prompts, sample_tokens)
+from genalign_jax.generator import sampler as sampler_mod
 from tests.hf_fixtures import make_tiny_hf_llama, padded_batch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -273,6 +274,29 @@ def test_prompts_run_at_the_shape_given(model, prompts, greedy_ref):
 
 
 # ----------------------------------------------------------------- LoRA and split state
+
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the split is XLA:CPU's")
+def test_cpu_split_programs_equal_the_fused_program(model, prompts):
+    """On CPU the prefill (Eigen dots) and decode (YNNPACK) run as two programs: same sample."""
+    config = SamplingConfig(max_new_tokens=8, temperature=0.8, top_p=0.9, return_hidden=True)
+    graphdef, state = nnx.split(model)
+    tokens, mask = (jnp.asarray(x, jnp.int32) for x in prompts)
+    stops = jnp.asarray(sampler_mod._stop_array(config.stop_token_ids, None, len(LENGTHS)))
+    args = (graphdef, state, tokens, mask, stops, jax.random.key(5), config.program_key())
+    fused = sampler_mod._generate_jit(*args)
+    before = sampler_mod._prefill_cpu_jit._cache_size(), sampler_mod._decode_cpu_jit._cache_size()
+    split = generate(model, *prompts, config, jax.random.key(5))
+    after = sampler_mod._prefill_cpu_jit._cache_size(), sampler_mod._decode_cpu_jit._cache_size()
+    assert after == (before[0] + 1, before[1] + 1)  # generate ran the two CPU programs
+    np.testing.assert_array_equal(np.asarray(split.tokens), np.asarray(fused["tokens"]))
+    np.testing.assert_array_equal(np.asarray(split.mask), np.asarray(fused["mask"]))
+    for name in ("logprobs", "sampling_logprobs", "hidden"):
+        np.testing.assert_allclose(np.asarray(getattr(split, name)), np.asarray(fused[name]),
+                                   atol=1e-5, err_msg=name)
+    prefill_hlo = sampler_mod._prefill_cpu_jit.lower(*args).compile().as_text()
+    assert " dot(" in prefill_hlo and "__ynn_fusion" not in prefill_hlo
 
 
 def test_lora_adapters_and_use_lora_false(model, prompts, greedy_ref):

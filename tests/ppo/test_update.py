@@ -237,7 +237,7 @@ def test_padding_only_prompt_columns_change_nothing(sample):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's dot library")
 def test_rollout_and_update_programs_run_their_dots_with_eigen_on_cpu(sample):
-    """ppo.cpu_dots.jit_eigen_dots_on_cpu: no product of either program goes to YNNPACK."""
+    """genalign_jax.cpu_dots.jit_eigen_dots_on_cpu: no product of either program goes to YNNPACK."""
     out, scores = sample
     _, state = _fresh_state()
     batch = ppo.make_rollout(state, out, scores, CONFIG)

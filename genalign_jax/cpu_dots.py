@@ -1,17 +1,17 @@
-"""XLA:CPU's dot library for the PPO programs: Eigen where products have thousands of rows.
+"""XLA:CPU's dot library per program: Eigen where products have thousands of rows.
 
 jaxlib 0.10 hands every CPU dot to YNNPACK.  Measured on the 2-core AMD EPYC (AVX-512) development
 machine, interleaved in one process (``benchmarks/cpu_dot_library.py``): for products with
 thousands of rows at SmolLM2's widths (the prefill's 6656 and PPO's 8192 rows) XLA's Eigen path
 is 1.12-1.37x faster (k/v projections: a tie); for the sampler's decode (32 rows) YNNPACK is
 1.6-1.75x faster, and 1.0-1.3x at the classifier's 1024 rows.  So the programs made of many-row
-products (the rollout's scoring forward, the PPO update) compile with Eigen dots on CPU and
-everything else keeps XLA's default.  Only float rounding changes (another summation order);
+products (the sampler's prefill, the rollout's scoring forward, the PPO update) compile with
+Eigen dots on CPU and everything else keeps XLA's default.  Only float rounding changes (another summation order);
 accelerators are unaffected.  These per-program compiler options take precedence over the same
 option in ``XLA_FLAGS``.
 
-The PPO package keeps this here (not in ``genalign_jax.ops``) so that ``import genalign_jax.ppo``
-pulls in no other project module.
+A leaf module (it imports only JAX), shared by the generator and the PPO package:
+``import genalign_jax.ppo`` may pull it in and still nothing else of the project.
 """
 
 from __future__ import annotations

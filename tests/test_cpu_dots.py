@@ -1,4 +1,4 @@
-"""``genalign_jax.ppo.cpu_dots``: CPU programs compiled with Eigen dots compute the same thing."""
+"""``genalign_jax.cpu_dots``: CPU programs compiled with Eigen dots compute the same thing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genalign_jax.ppo.cpu_dots import jit_eigen_dots_on_cpu
+from genalign_jax.cpu_dots import jit_eigen_dots_on_cpu
 
 YNN = "__ynn_fusion"  # XLA:CPU's fusion kind of a product handed to YNNPACK
 
