@@ -20,10 +20,9 @@ Shapes and compilation
     graph definition is a static argument).  The prefill is the model's scanned
     forward (``Llama.prefill``) and builds the KV cache (one buffer pair per layer,
     ``generator.llama.KVCache``) *inside* the program: XLA owns the buffers and
-    updates them in place across the while-loop.  The
-    decode step runs the layers one after the other on per-layer weights sliced once
-    per call (``Llama.layer_blocks``), so no step copies weight or cache slices out of
-    stacked arrays.  Stop ids travel as an array (padded to >= 4 slots), so changing
+    updates them in place across the while-loop.  The decode step runs the layers one
+    after the other on per-layer weights sliced once per call (``Llama.layer_blocks``),
+    so no step copies weight or cache slices out of stacked arrays.  Stop ids travel as an array (padded to >= 4 slots), so changing
     them does not recompile either.
 
 Sharding
