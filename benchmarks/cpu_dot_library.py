@@ -1,7 +1,7 @@
 """Benchmark: XLA:CPU's two dot libraries, YNNPACK (jaxlib 0.10's default) and Eigen, per shape.
 
-Why it exists: ``genalign_jax.cpu_dots.jit_eigen_dots_on_cpu`` compiles the rollout and
-PPO-update programs with Eigen dots and leaves the sampler (decode) on YNNPACK.  This benchmark
+Why it exists: the sampler's prefill, the rollout and the PPO update compile with Eigen dots on
+CPU (``genalign_jax.cpu_dots``) and the sampler's decode stays on YNNPACK.  This benchmark
 is the evidence: every matrix product shape the ``:embedded`` loop runs (SmolLM2-135M decode at
 32 rows, prefill at 32 x 208, rollout/PPO at 32 x 256 incl. the backward's ``dy @ W^T``; MiniLM
 at 16 x 64), compiled twice in one process (``compiler_options``), timed interleaved (A B A B),

@@ -6,9 +6,9 @@ thousands of rows at SmolLM2's widths (the prefill's 6656 and PPO's 8192 rows) X
 is 1.12-1.37x faster (k/v projections: a tie); for the sampler's decode (32 rows) YNNPACK is
 1.6-1.75x faster, and 1.0-1.3x at the classifier's 1024 rows.  So the programs made of many-row
 products (the sampler's prefill, the rollout's scoring forward, the PPO update) compile with
-Eigen dots on CPU and everything else keeps XLA's default.  Only float rounding changes (another summation order);
-accelerators are unaffected.  These per-program compiler options take precedence over the same
-option in ``XLA_FLAGS``.
+Eigen dots on CPU and everything else keeps XLA's default.  Only float rounding changes
+(another summation order); accelerators are unaffected.  These per-program compiler options
+take precedence over the same option in ``XLA_FLAGS``.
 
 A leaf module (it imports only JAX), shared by the generator and the PPO package:
 ``import genalign_jax.ppo`` may pull it in and still nothing else of the project.

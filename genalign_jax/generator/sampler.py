@@ -22,8 +22,8 @@ Shapes and compilation
     ``generator.llama.KVCache``) *inside* the program: XLA owns the buffers and
     updates them in place across the while-loop.  The decode step runs the layers one
     after the other on per-layer weights sliced once per call (``Llama.layer_blocks``),
-    so no step copies weight or cache slices out of stacked arrays.  Stop ids travel as an array (padded to >= 4 slots), so changing
-    them does not recompile either.
+    so no step copies weight or cache slices out of stacked arrays.  Stop ids travel as
+    an array (padded to >= 4 slots), so changing them does not recompile either.
 
 Sharding
     A model whose parameters sit on a mesh (``load_llama(..., mesh=)`` or
