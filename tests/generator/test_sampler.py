@@ -276,7 +276,6 @@ def test_prompts_run_at_the_shape_given(model, prompts, greedy_ref):
 # ----------------------------------------------------------------- LoRA and split state
 
 
-
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the split is XLA:CPU's")
 def test_cpu_split_programs_equal_the_fused_program(model, prompts):
     """On CPU the prefill (Eigen dots) and decode (YNNPACK) run as two programs: same sample."""
